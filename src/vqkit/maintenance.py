@@ -1,0 +1,121 @@
+"""Data-dependent codebook maintenance: k-means++ init and dead-code re-seeding.
+
+Both run identically on every rank: embeddings are gathered from all ranks (``all_gather_rows``) and all
+random choices use a generator seeded from rank 0 (``shared_generator``), so no broadcast of the result
+is needed and every rank enters the same collectives in the same order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import distributed as dist_utils
+from .search import nearest_code
+
+__all__ = ["shared_generator", "kmeans_plusplus", "kmeans", "gather_embeddings", "sample_replacements"]
+
+
+def shared_generator(device: torch.device) -> torch.Generator:
+    """A generator seeded from the global RNG of rank 0 (one broadcast), identical on every rank."""
+    seed = torch.randint(0, 2**62, (1,), dtype=torch.int64).to(device)
+    dist_utils.broadcast_(seed, src=0)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed.item()))
+    return gen
+
+
+def gather_embeddings(z: Tensor, weight: Tensor | None, max_rows: int) -> Tensor:
+    """Valid rows of ``z (N, D)`` from every rank, at most ``max_rows`` per rank (random subset).
+
+    The local subset uses the local RNG (ranks may differ); the gathered result is the same everywhere.
+    """
+    if weight is not None:
+        z = z[weight > 0]
+    if z.shape[0] > max_rows:
+        z = z[torch.randperm(z.shape[0], device=z.device)[:max_rows]]
+    return dist_utils.all_gather_rows(z.float().contiguous())
+
+
+def kmeans_plusplus(x: Tensor, k: int, generator: torch.Generator, metric: str = "euclidean") -> Tensor:
+    """k-means++ seeding: ``x (N, D)`` -> ``(k, D)`` centers, each drawn with probability ~ D(x)^2.
+
+    For large ``k`` centers are drawn in ``ceil(k / 256)``-sized batches per round (256 rounds), which keeps
+    the D^2 weighting with a bounded number of passes over the data.
+    """
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("x: k-means needs at least one embedding, got 0 rows")
+    per_round = max(1, math.ceil(k / 256))
+    first = torch.randint(0, n, (1,), generator=generator, device=x.device)
+    centers = [x[first]]
+    best = nearest_code(x, centers[0], metric).distances
+    chosen = 1
+    while chosen < k:
+        m = min(per_round, k - chosen)
+        probs = best.clamp_min(0.0)
+        if not bool(probs.sum() > 0):  # every point already is a center: fall back to uniform
+            probs = torch.ones_like(probs)
+        pick = torch.multinomial(probs, m, replacement=m > int((probs > 0).sum()), generator=generator)
+        new = x[pick]
+        centers.append(new)
+        best = torch.minimum(best, nearest_code(x, new, metric).distances)
+        chosen += m
+    return torch.cat(centers)[:k]
+
+
+def kmeans(
+    x: Tensor,
+    k: int,
+    generator: torch.Generator,
+    iters: int = 10,
+    metric: str = "euclidean",
+) -> Tensor:
+    """k-means (Lloyd) from k-means++ seeds; spherical for ``metric="cosine"``.
+
+    Args:
+        x: ``(N, D)`` points. With ``N < k`` the centers are the points (repeated) plus small noise.
+        k: number of centers; generator: random source (share it across ranks for identical results).
+        iters: Lloyd iterations; an empty cluster keeps its center.
+    Returns:
+        ``(k, D)`` fp32 centers.
+    """
+    x = x.float()
+    if metric == "cosine":
+        x = F.normalize(x, dim=-1)
+    if x.shape[0] < k:
+        pick = torch.randint(0, x.shape[0], (k,), generator=generator, device=x.device)
+        pick[: x.shape[0]] = torch.arange(x.shape[0], device=x.device)
+        scale = x.std() if x.shape[0] > 1 else x.new_tensor(1.0)
+        noise = torch.randn(k, x.shape[1], generator=generator, device=x.device) * 0.01 * scale
+        centers = x[pick] + noise
+        return F.normalize(centers, dim=-1) if metric == "cosine" else centers
+    centers = kmeans_plusplus(x, k, generator, metric)
+    for _ in range(iters):
+        idx = nearest_code(x, centers, metric).indices
+        counts = torch.zeros(k, device=x.device).index_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
+        sums = torch.zeros_like(centers).index_add_(0, idx, x)
+        means = sums / counts.clamp_min(1.0)[:, None]
+        if metric == "cosine":
+            means = F.normalize(means, dim=-1)
+        centers = torch.where(counts[:, None] > 0, means, centers)
+    return centers
+
+
+def sample_replacements(pool: Tensor, n: int, generator: torch.Generator, noise: float = 0.01) -> Tensor:
+    """``n`` rows drawn from ``pool (M, D)`` (without replacement when possible) plus noise.
+
+    The noise on each row ``z`` is ``noise * ||z|| * u / sqrt(D)`` with ``u ~ N(0, I)``: a perturbation of
+    about ``noise`` times the row's norm, so re-seeded codes near one embedding do not coincide.
+    """
+    m, d = pool.shape
+    if m >= n:
+        pick = torch.randperm(m, generator=generator, device=pool.device)[:n]
+    else:
+        pick = torch.randint(0, m, (n,), generator=generator, device=pool.device)
+    rows = pool[pick]
+    eps = torch.randn(rows.shape, generator=generator, device=pool.device) / math.sqrt(d)
+    return rows + noise * rows.norm(dim=-1, keepdim=True) * eps

@@ -1,0 +1,367 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vqkit import PLAIN_STE, VectorQuantizer
+from vqkit.codebooks import assignment_sums
+from vqkit.losses import masked_mse
+
+
+def make(dim=8, k=16, **kw):
+    torch.manual_seed(0)
+    return VectorQuantizer(dim, k, **{**PLAIN_STE, **kw})
+
+
+def per_code_sum(values, indices, k):
+    return torch.zeros(k, values.shape[-1]).index_add_(0, indices, values)
+
+
+# ---------------------------------------------------------------------------------------------
+# contract
+# ---------------------------------------------------------------------------------------------
+
+
+def test_output_contract_and_unpacking():
+    vq = VectorQuantizer(8, 16)
+    x = torch.randn(3, 5, 8)
+    out = vq(x)
+    quantized, indices, loss = out
+    assert quantized.shape == x.shape and quantized.dtype == x.dtype
+    assert indices.shape == (3, 5) and indices.dtype == torch.int64
+    assert loss.ndim == 0
+    assert set(out.stats) >= {"usage", "perplexity", "dead_codes", "quantization_error"}
+    assert all(not v.requires_grad and v.ndim == 0 for v in out.stats.values())
+    assert vq.codebook.shape == (16, 8) and not vq.codebook.requires_grad
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        dict(PLAIN_STE),
+        dict(affine="running"),
+        dict(metric="cosine"),
+        dict(codebook_dim=4),
+        dict(PLAIN_STE, ema_decay=0.9, kmeans_init=True),
+        dict(estimator="rotation"),
+        dict(affine_groups=4),
+    ],
+)
+def test_decode_equals_forward_in_train_and_eval(kw):
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 16, **kw)
+    x = torch.randn(64, 8)
+    for _ in range(3):
+        out = vq(x)  # training: maintenance + alternating steps happen before the output is formed
+    if vq.ema_decay is None:  # an EMA codebook is updated after it produced the output (VQ-VAE-2 order)
+        torch.testing.assert_close(out.quantized, vq.decode(out.indices), rtol=0, atol=1e-6)
+    vq.eval()
+    out = vq(x)
+    assert torch.equal(out.quantized, vq.decode(out.indices))
+    torch.testing.assert_close(vq.codebook[out.indices], out.quantized, rtol=0, atol=1e-6)
+
+
+def test_channel_dim_matches_channel_last():
+    torch.manual_seed(0)
+    vq_last = VectorQuantizer(6, 32)
+    vq_first = copy.deepcopy(vq_last)
+    vq_first.channel_dim = 1
+    x = torch.randn(2, 6, 5, 7)
+    torch.manual_seed(1)  # same k-means seeds for both
+    a = vq_first(x)
+    torch.manual_seed(1)
+    b = vq_last(x.movedim(1, -1))
+    assert torch.equal(a.indices, b.indices)
+    assert torch.equal(a.quantized, b.quantized.movedim(-1, 1))
+    assert torch.equal(a.loss, b.loss)
+    vq_first.eval()
+    out = vq_first(x)
+    assert torch.equal(vq_first.decode(out.indices), out.quantized)
+
+
+def test_state_dict_round_trip_reproduces_outputs():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 32, affine="running", dead_code_steps=2)
+    opt = torch.optim.SGD(vq.parameters(), lr=0.1)
+    for _ in range(5):
+        out = vq(torch.randn(128, 8) * 3 + 1)
+        opt.zero_grad()
+        (out.quantized.sum() + out.loss).backward()
+        opt.step()
+    vq.eval()
+    x = torch.randn(50, 8)
+    clone = VectorQuantizer(8, 32, affine="running", dead_code_steps=2)
+    clone.load_state_dict(vq.state_dict())
+    clone.eval()
+    a, b = vq(x), clone(x)
+    assert torch.equal(a.quantized, b.quantized) and torch.equal(a.indices, b.indices)
+    assert bool(clone.initialized)
+
+
+def test_bf16_autocast_keeps_dtype_and_assignment():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 64).eval()
+    x = torch.randn(256, 16)
+    ref = vq(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = vq(x)
+    assert out.quantized.dtype == torch.float32
+    assert torch.equal(out.indices, ref.indices)
+    outb = vq(x.bfloat16())
+    assert outb.quantized.dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------------------------------------
+# gradients against the formulas
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nu", [0.0, 0.7])
+def test_sync_update_gradients(nu):
+    vq = make(sync_nu=nu)
+    x = torch.randn(40, 8, requires_grad=True)
+    upstream = torch.randn(40, 8)
+    out = vq(x)
+    (out.quantized * upstream).sum().backward()
+    torch.testing.assert_close(x.grad, upstream)  # the input gets the identity gradient
+    expected = nu * per_code_sum(upstream, out.indices, 16)
+    grad = vq.codes.weight.grad
+    torch.testing.assert_close(torch.zeros(16, 8) if grad is None else grad, expected)
+
+
+def test_loss_weights_give_exactly_the_two_terms():
+    vq = make(commitment_weight=0.3, codebook_weight=1.7)
+    x = torch.randn(50, 8, requires_grad=True)
+    out = vq(x)
+    q = vq.codes.weight.detach()[out.indices]
+    mse = F.mse_loss(x.detach(), q)
+    torch.testing.assert_close(out.loss, 2.0 * mse)
+    out.loss.backward()
+    n = x.numel()
+    torch.testing.assert_close(x.grad, 0.3 * 2 * (x.detach() - q) / n)
+    torch.testing.assert_close(vq.codes.weight.grad, per_code_sum(1.7 * 2 * (q - x.detach()) / n, out.indices, 16))
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_affine_gradients_are_dense_and_scaled(groups):
+    a = 3.0
+    vq = make(k=16, affine="learned", affine_lr=a, affine_groups=groups, sync_nu=1.0)
+    with torch.no_grad():
+        vq.codes.scale.normal_()
+        vq.codes.shift.normal_()
+    x = torch.randn(10, 8)  # only a few codes are selected
+    upstream = torch.randn(10, 8)
+    out = vq(x)
+    (out.quantized * upstream).sum().backward()
+    g_code = per_code_sum(upstream, out.indices, 16).view(groups, -1, 8)  # dL/dc_k
+    w = vq.codes.weight.detach().view(groups, -1, 8)
+    torch.testing.assert_close(vq.codes.shift.grad, a * g_code.sum(1))
+    torch.testing.assert_close(vq.codes.scale.grad, a * (g_code * w).sum(1))
+    alpha = (1 + a * vq.codes.scale.detach())[:, None]
+    torch.testing.assert_close(vq.codes.weight.grad, (alpha * g_code).reshape(16, 8))
+    # one SGD step on the shared parameters moves every code, also the unselected ones
+    before = vq.effective_codes().detach().clone()
+    with torch.no_grad():
+        vq.codes.scale -= 0.1 * vq.codes.scale.grad
+        vq.codes.shift -= 0.1 * vq.codes.shift.grad
+    unused = torch.ones(16, dtype=torch.bool)
+    unused[out.indices] = False
+    group_used = (~unused).view(groups, -1).any(1).repeat_interleave(16 // groups)
+    moved = (vq.effective_codes().detach() - before).abs().sum(1) > 0
+    assert (unused & group_used).any() and moved[group_used].all()
+
+
+def test_rotation_trick_gradient_matches_formula():
+    vq = make(estimator="rotation")
+    x = torch.randn(6, 8, requires_grad=True)
+    upstream = torch.randn(6, 8)
+    out = vq(x)
+    (out.quantized * upstream).sum().backward()
+    q = vq.codes.weight.detach()[out.indices]
+    for i in range(6):
+        e, c = x[i].detach(), q[i]
+        e_hat, q_hat = e / e.norm(), c / c.norm()
+        r = (e_hat + q_hat) / (e_hat + q_hat).norm()
+        rot = torch.eye(8) - 2 * torch.outer(r, r) + 2 * torch.outer(q_hat, e_hat)
+        lam = c.norm() / e.norm()
+        torch.testing.assert_close(lam * rot @ e, c, atol=1e-5, rtol=1e-5)  # R e = q
+        torch.testing.assert_close(x.grad[i], lam * rot.T @ upstream[i], atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# codebook maintenance
+# ---------------------------------------------------------------------------------------------
+
+
+def codebook_loss(vq, z, indices):
+    return masked_mse(z, vq.effective_codes().detach()[indices]).item()
+
+
+@pytest.mark.parametrize("affine", [None, "learned", "running"])
+def test_alternating_step_lowers_codebook_loss(affine):
+    vq = make(affine=affine, affine_lr=2.0)
+    z = torch.randn(256, 8) * 2 + 3  # far from the N(0, 1) codebook
+    indices = vq.search(z, vq.effective_codes()).indices
+    before = codebook_loss(vq, z, indices)
+    counts, sums = assignment_sums(z, indices, None, 16)
+    vq.codes.alternating_step_(counts, sums, lr=0.5)
+    after = codebook_loss(vq, z, indices)
+    assert after < before * 0.9
+
+
+def test_alternating_output_uses_updated_codebook():
+    vq = make(affine="learned", alternating_steps=2, alternating_lr=1.0, alternating_reassign=True)
+    z = torch.randn(256, 8) * 2 + 3
+    before = codebook_loss(vq, z, vq.search(z, vq.effective_codes()).indices)
+    out = vq(z)
+    codes_after = vq.effective_codes().detach()
+    torch.testing.assert_close(out.quantized, codes_after[out.indices])
+    assert torch.equal(out.indices, vq.search(z, codes_after).indices)  # re-assigned after the steps
+    assert codebook_loss(vq, z, out.indices) < 0.5 * before
+    assert vq.codes.shift.abs().sum() > 0  # the affine block moved
+
+
+@pytest.mark.parametrize("affine", [None, "learned", "running"])
+def test_kmeans_init_places_codes_on_data(affine):
+    torch.manual_seed(0)
+    centers = torch.randn(4, 8) * 5
+    z = (centers[:, None] + 0.01 * torch.randn(4, 100, 8)).reshape(-1, 8)
+    vq = VectorQuantizer(8, 4, **{**PLAIN_STE, "kmeans_init": True, "affine": affine, "affine_lr": 2.0})
+    if affine == "learned":
+        with torch.no_grad():  # a non-identity transform must be inverted when writing the codes
+            vq.codes.scale.fill_(0.3)
+            vq.codes.shift.fill_(-0.2)
+    assert not bool(vq.initialized)
+    vq(z)
+    assert bool(vq.initialized)
+    d = torch.cdist(centers, vq.codebook)
+    tol = 0.05 if affine != "running" else 1.0  # running affine re-matches moments after the write
+    assert (d.min(1).values < tol).all()
+    if affine == "running":
+        vq.eval()
+        assert vq(z).stats["usage"] == 1.0
+
+
+@pytest.mark.parametrize("affine", [None, "learned"])
+def test_dead_code_is_reseeded_after_starving(affine):
+    vq = make(k=8, dead_code_steps=3, affine=affine, affine_lr=2.0)
+    with torch.no_grad():
+        vq.codes.weight[7] = 100.0  # far away: never selected
+        if affine:
+            vq.codes.scale.fill_(0.5)
+            vq.codes.shift.fill_(0.1)
+    z = torch.randn(64, 8)
+    for step in range(3):
+        vq(z)
+        assert vq.codebook[7].abs().min() > 50
+    assert vq.code_age[7] == 3
+    vq(z)  # the fourth step re-seeds it from this batch (in effective space)
+    dist = (z - vq.codebook[7]).norm(dim=1).min()
+    assert dist < 0.05 * z.norm(dim=1).max()
+    assert vq.code_age[7] <= 1
+
+
+def test_ema_update_matches_hand_computation():
+    vq = VectorQuantizer(2, 2, **{**PLAIN_STE, "ema_decay": 0.5})
+    with torch.no_grad():
+        vq.codes.set_codes_(torch.arange(2), torch.tensor([[0.0, 0.0], [10.0, 10.0]]))
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [9.0, 9.0]])
+    out = vq(z)
+    assert out.indices.tolist() == [0, 0, 1]
+    # N = 0.5 * 1 + 0.5 * [2, 1] = [1.5, 1.0]; M = 0.5 * w + 0.5 * sums
+    n = torch.tensor([1.5, 1.0])
+    m = 0.5 * torch.tensor([[0.0, 0.0], [10.0, 10.0]]) + 0.5 * torch.tensor([[1.0, 1.0], [9.0, 9.0]])
+    eps = vq.codes.eps
+    smoothed = (n + eps) / (n.sum() + 2 * eps) * n.sum()
+    torch.testing.assert_close(vq.codes.cluster_size, n)
+    torch.testing.assert_close(vq.codes.embed_sum, m)
+    torch.testing.assert_close(vq.codes.weight, m / smoothed[:, None])
+    assert not any(p.requires_grad for p in vq.codes.parameters())
+
+
+def test_running_affine_matches_embedding_moments():
+    vq = make(affine="running")
+    z = torch.randn(1000, 8) * torch.linspace(0.5, 3, 8) + torch.linspace(-2, 2, 8)
+    vq(z)  # the first update copies the batch moments
+    c = vq.codebook
+    torch.testing.assert_close(c.mean(0), z.mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(c.var(0, unbiased=False), z.var(0, unbiased=False), atol=1e-3, rtol=1e-3)
+    z2 = z * 2
+    vq(z2)  # later updates are EMAs with momentum 0.1
+    torch.testing.assert_close(vq.codes.z_mean, 0.9 * z.mean(0) + 0.1 * z2.mean(0), atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# masks
+# ---------------------------------------------------------------------------------------------
+
+
+def test_masked_positions_affect_nothing():
+    torch.manual_seed(0)
+    x = torch.randn(4, 10, 8)
+    mask = torch.ones(4, 10, dtype=torch.bool)
+    mask[:, 6:] = False
+    x_other = x.clone()
+    x_other[~mask] = 1000.0  # garbage in the padding
+    kw = dict(affine="running", dead_code_steps=1)
+    a, b = VectorQuantizer(8, 16, **kw), VectorQuantizer(8, 16, **kw)
+    b.load_state_dict(a.state_dict())
+    for step in range(3):
+        torch.manual_seed(step)  # k-means / re-seeding draw from the global RNG
+        oa = a(x, mask=mask)
+        torch.manual_seed(step)
+        ob = b(x_other, mask=mask)
+    torch.testing.assert_close(oa.loss, ob.loss)
+    for k in oa.stats:
+        torch.testing.assert_close(oa.stats[k], ob.stats[k])
+    for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(ta, tb, msg=name)
+    assert torch.equal(oa.indices[mask], ob.indices[mask])
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,pattern",
+    [
+        (dict(codebook_size=0), ValueError, "codebook_size"),
+        (dict(metric="l1"), ValueError, "metric"),
+        (dict(affine="linear"), ValueError, "affine"),
+        (dict(estimator="gumbel"), ValueError, "estimator"),
+        (dict(affine_groups=3), ValueError, "affine_groups"),
+        (dict(alternating_lr=2.0), ValueError, "alternating_lr"),
+        (dict(sync_nu=-1.0), ValueError, "sync_nu"),
+        (dict(ema_decay=0.99), ValueError, "ema_decay.*affine=None"),
+        (dict(ema_decay=1.5, affine=None, sync_nu=0.0, alternating_steps=0), ValueError, "ema_decay"),
+    ],
+)
+def test_bad_construction_is_named(kwargs, exc, pattern):
+    args = dict(dim=8, codebook_size=16)
+    args.update(kwargs)
+    with pytest.raises(exc, match=pattern):
+        VectorQuantizer(args.pop("dim"), args.pop("codebook_size"), **args)
+
+
+def test_bad_input_is_named():
+    vq = VectorQuantizer(8, 16)
+    with pytest.raises(ValueError, match=r"x: expected at least 2 dims"):
+        vq(torch.randn(8))
+    with pytest.raises(ValueError, match=r"x: expected size 8 on channel_dim=-1, got shape \(4, 7\)"):
+        vq(torch.randn(4, 7))
+    with pytest.raises(TypeError, match="x: expected a floating-point tensor"):
+        vq(torch.ones(4, 8, dtype=torch.int64))
+    with pytest.raises(ValueError, match="x: expected finite values, got 1 NaN/Inf"):
+        bad = torch.randn(4, 8)
+        bad[1, 2] = float("nan")
+        vq(bad)
+    with pytest.raises(ValueError, match="mask: expected shape"):
+        vq(torch.randn(4, 8), mask=torch.ones(5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="mask: expected dtype torch.bool"):
+        vq(torch.randn(4, 8), mask=torch.ones(4))
+    with pytest.raises(TypeError, match="indices"):
+        vq.decode(torch.zeros(3))
