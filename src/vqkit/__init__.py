@@ -8,12 +8,20 @@ from .estimators import rotation_trick, straight_through
 from .losses import vq_loss
 from .maintenance import kmeans
 from .quantizers import (
+    FSQ,
     PLAIN_STE,
+    BitLinear,
     GroupedVectorQuantizer,
+    LatentQuantizer,
     Quantizer,
     QuantizerOutput,
     ResidualVectorQuantizer,
     VectorQuantizer,
+    freeze_model,
+    fsq_levels,
+    latent_quantization_param_groups,
+    packed_size_report,
+    quantize_model,
 )
 from .search import SearchResult, nearest_code
 
@@ -24,6 +32,14 @@ __all__ = [
     "GroupedVectorQuantizer",
     "ResidualVectorQuantizer",
     "PLAIN_STE",
+    "FSQ",
+    "fsq_levels",
+    "LatentQuantizer",
+    "latent_quantization_param_groups",
+    "BitLinear",
+    "quantize_model",
+    "freeze_model",
+    "packed_size_report",
     "Quantizer",
     "QuantizerOutput",
     "nearest_code",

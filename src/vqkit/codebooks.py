@@ -145,32 +145,22 @@ class AffineCodebook(Codebook):
 
     @torch.no_grad()
     def alternating_step_(self, counts: Tensor, sums: Tensor, lr: float) -> None:
-        """Affine block, then code block (block coordinate descent on the codebook loss).
+        """Shift block, then code block (block coordinate descent on the codebook loss).
 
-        Affine block: per group and dimension, the least-squares fit ``z ~ alpha * w_k + beta`` over the
-        assigned pairs (the exact minimizer of the codebook loss in ``(s, b)``), moved to by a fraction
-        ``lr``; then the code block of :meth:`Codebook.alternating_step_`.
+        Shift block: each group's shift moves by ``lr`` times the mean residual ``z_i - c_{k_i}`` of the
+        embeddings assigned to its codes (the exact minimizer in ``b`` for ``lr=1``), so the *whole* group,
+        used and unused codes alike, follows the embeddings. Then each used code takes the step of
+        :meth:`Codebook.alternating_step_`. The scale is left to the outer optimizer: its least-squares
+        fit over the assigned pairs shrinks toward zero whenever the fit is poor (regression dilution),
+        which pulls the unused codes into the mean and costs codebook usage (measured on digits).
         """
         g = self.groups
-        w = self.weight.detach().float().view(g, self.size // g, self.dim)
-        n = counts.view(g, -1, 1)
-        s = sums.view(g, -1, self.dim)
-        n_g = n.sum(1)  # (G, 1)
-        sw, sww = (n * w).sum(1), (n * w * w).sum(1)
-        sz, szw = s.sum(1), (s * w).sum(1)
-        n_safe = n_g.clamp_min(1.0)
-        mean_w, mean_z = sw / n_safe, sz / n_safe
-        var_w = (sww / n_safe - mean_w**2).clamp_min(0.0)
-        cov = szw / n_safe - mean_z * mean_w
         alpha, beta = (t.detach().float() for t in self.transform())
-        ridge = 1e-6 + 1e-4 * var_w.mean(1, keepdim=True)
-        alpha_ls = (cov + ridge * alpha) / (var_w + ridge)
-        beta_ls = mean_z - alpha_ls * mean_w
-        has_data = n_g > 1
-        alpha_new = torch.where(has_data, alpha + lr * (alpha_ls - alpha), alpha)
-        beta_new = torch.where(has_data, beta + lr * (beta_ls - beta), beta)
-        self.scale.copy_((alpha_new - 1.0) / self.affine_lr)
-        self.shift.copy_(beta_new / self.affine_lr)
+        w = self.weight.detach().float().view(g, self.size // g, self.dim)
+        codes = w * alpha[:, None] + beta[:, None]
+        n = counts.view(g, -1, 1)
+        residual = (sums.view(g, -1, self.dim) - n * codes).sum(1) / n.sum(1).clamp_min(1.0)
+        self.shift.add_(residual, alpha=lr / self.affine_lr)
         super().alternating_step_(counts, sums, lr)
 
 

@@ -113,8 +113,9 @@ class VectorQuantizer(Quantizer):
         affine_groups: number of contiguous code groups with their own scale/shift (divides K).
         alternating_steps: inner codebook steps taken before the output is formed (training only).
         alternating_lr: inner step size in ``(0, 1]``: each step is block coordinate descent on the
-            codebook loss, moving the affine parameters (exact least squares) and then each used code
-            (toward its assigned-embedding mean) this fraction of the way to their optimum.
+            codebook loss, moving the affine shift (all codes of a group by the mean residual) and then
+            each used code (toward its assigned-embedding mean) this fraction of the way to their optimum;
+            ``1.0`` is an exact Lloyd-style step.
         alternating_reassign: re-run the search after the last inner step, so the output and the STE
             gradient use the updated codebook *and* assignment (one extra search per step).
         kmeans_init: initialize the codebook with k-means++ on the first training batch.
@@ -146,10 +147,10 @@ class VectorQuantizer(Quantizer):
         codebook_weight: float = 0.95,
         sync_nu: float = 1.0,
         affine: str | None = "learned",
-        affine_lr: float = 1.0,
+        affine_lr: float = 10.0,
         affine_groups: int = 1,
         alternating_steps: int = 1,
-        alternating_lr: float = 0.5,
+        alternating_lr: float = 1.0,
         alternating_reassign: bool = False,
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
