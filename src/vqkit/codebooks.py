@@ -76,14 +76,30 @@ class Codebook(nn.Module):
         """Effective codes ``(K, D)``."""
         return self.weight
 
+    def affine_map(self) -> tuple[Tensor, Tensor] | None:
+        """Detached ``(alpha, beta)``, each ``(G, D)``, with ``c = alpha * w + beta``; None = identity."""
+        return None
+
     def to_raw(self, values: Tensor, indices: Tensor) -> Tensor:
         """Raw weights that produce effective ``values (n, D)`` for codes ``indices (n,)``."""
-        return values
+        m = self.affine_map()
+        if m is None:
+            return values
+        g = self.group_of(indices)
+        return (values - m[1][g]) / m[0][g]
 
     @torch.no_grad()
     def set_codes_(self, indices: Tensor, values: Tensor) -> None:
         """Make the effective codes ``indices (n,)`` equal ``values (n, D)``."""
-        self.weight[indices] = self.to_raw(values.to(self.weight.dtype), indices)
+        self.weight[indices] = self.to_raw(values.float(), indices).to(self.weight.dtype)
+
+    @torch.no_grad()
+    def add_to_codes_(self, delta: Tensor) -> None:
+        """Add ``delta (K, D)`` to the effective codes (rows of zeros leave a code bit-identical)."""
+        m = self.affine_map()
+        if m is not None:
+            delta = (delta.view(self.groups, -1, self.dim) / m[0][:, None]).view(self.size, self.dim)
+        self.weight.add_(delta.to(self.weight.dtype))
 
     def update_statistics_(self, z: Tensor, weight: Tensor | None) -> None:
         """Hook for data-dependent transforms (running affine). ``z (N, D)`` detached."""
@@ -93,18 +109,16 @@ class Codebook(nn.Module):
         """One inner codebook step on the codebook loss ``sum_i ||z_i - c_{k_i}||^2``.
 
         Each used code moves a fraction ``lr`` of the way to the mean of its assigned embeddings (the
-        exact minimizer of the loss for fixed assignments; ``lr=1`` is a Lloyd step).
+        exact minimizer of the loss for fixed assignments; ``lr=1`` is a Lloyd step). Shape-static (no
+        host sync), so it traces under ``torch.compile``.
 
         Args:
             counts: ``(K,)`` assignment counts; sums: ``(K, D)`` assigned-embedding sums.
             lr: step size in ``(0, 1]``.
         """
-        used = (counts > 0).nonzero().squeeze(1)
-        if used.numel() == 0:
-            return
-        current = self.forward().detach()[used].float()
-        target = sums[used] / counts[used, None]
-        self.set_codes_(used, current + lr * (target - current))
+        current = self.forward().detach().float()
+        target = sums / counts.clamp_min(1.0)[:, None]
+        self.add_to_codes_(torch.where(counts[:, None] > 0, lr * (target - current), 0.0))
 
     def group_of(self, indices: Tensor) -> Tensor:
         """Group id of each code index."""
@@ -136,12 +150,10 @@ class AffineCodebook(Codebook):
         w = self.weight.view(self.groups, self.size // self.groups, self.dim)
         return (w * alpha[:, None] + beta[:, None]).reshape(self.size, self.dim)
 
-    def to_raw(self, values: Tensor, indices: Tensor) -> Tensor:
-        alpha, beta = (t.detach() for t in self.transform())
-        g = self.group_of(indices)
-        a = alpha[g]
-        a = torch.where(a.abs() < 1e-6, torch.where(a < 0, -1e-6, 1e-6), a)  # keep the inverse finite
-        return (values - beta[g]) / a
+    def affine_map(self) -> tuple[Tensor, Tensor]:
+        alpha, beta = (t.detach().float() for t in self.transform())
+        alpha = torch.where(alpha.abs() < 1e-6, torch.where(alpha < 0, -1e-6, 1e-6), alpha)  # finite inverse
+        return alpha, beta
 
     @torch.no_grad()
     def alternating_step_(self, counts: Tensor, sums: Tensor, lr: float) -> None:
@@ -155,9 +167,7 @@ class AffineCodebook(Codebook):
         which pulls the unused codes into the mean and costs codebook usage (measured on digits).
         """
         g = self.groups
-        alpha, beta = (t.detach().float() for t in self.transform())
-        w = self.weight.detach().float().view(g, self.size // g, self.dim)
-        codes = w * alpha[:, None] + beta[:, None]
+        codes = self.forward().detach().float().view(g, -1, self.dim)
         n = counts.view(g, -1, 1)
         residual = (sums.view(g, -1, self.dim) - n * codes).sum(1) / n.sum(1).clamp_min(1.0)
         self.shift.add_(residual, alpha=lr / self.affine_lr)
@@ -193,10 +203,9 @@ class RunningAffineCodebook(Codebook):
         w = self.weight.view(self.groups, self.size // self.groups, self.dim)
         return (w * scale[:, None] + shift[:, None]).reshape(self.size, self.dim)
 
-    def to_raw(self, values: Tensor, indices: Tensor) -> Tensor:
+    def affine_map(self) -> tuple[Tensor, Tensor]:
         scale, shift = self.transform()
-        g = self.group_of(indices)
-        return (values - shift[g]) / scale[g].clamp_min(1e-12)
+        return scale.clamp_min(1e-12), shift
 
     @torch.no_grad()
     def update_statistics_(self, z: Tensor, weight: Tensor | None) -> None:

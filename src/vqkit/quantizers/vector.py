@@ -9,9 +9,13 @@ Straight-Through Estimator*, on by default (DESIGN section 2: users keep default
 3. the synchronized commitment update (``sync_nu``),
 
 plus k-means++ initialization, dead-code replacement, EMA codebooks, the cosine metric, low-dimensional
-codebooks with projections and the rotation-trick estimator. Pass explicit flags for ablations, e.g. the
-plain straight-through baseline is ``VectorQuantizer(dim, K, affine=None, sync_nu=0.0,
-alternating_steps=0, kmeans_init=False, dead_code_steps=0)`` (see :data:`PLAIN_STE`).
+codebooks with projections and the rotation-trick estimator.
+
+The default set: ``affine="learned", affine_lr=10, sync_nu=1.0, alternating_steps=1, alternating_lr=1.0,
+kmeans_init=True, dead_code_steps=100``, loss weights ``(0.05, 0.95)`` (the paper's beta = 0.95). Pass
+explicit flags for ablations, e.g. the plain straight-through baseline is ``VectorQuantizer(dim, K,
+affine=None, sync_nu=0.0, alternating_steps=0, kmeans_init=False, dead_code_steps=0)`` (see
+:data:`PLAIN_STE`).
 """
 
 from __future__ import annotations
@@ -154,7 +158,7 @@ class VectorQuantizer(Quantizer):
         alternating_reassign: bool = False,
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
-        dead_code_steps: int = 0,
+        dead_code_steps: int = 100,
         ema_decay: float | None = None,
         estimator: str = "ste",
         channel_dim: int = -1,
