@@ -1,0 +1,1 @@
+"""Thin wrapper so ``python -m benchmarks`` runs ``vqkit bench`` from a checkout."""

@@ -1,0 +1,326 @@
+"""Training toolkit: recipes and overrides, sampling, checkpoints, train + resume, reports, ablation, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vqkit.training import (
+    Recipe,
+    RecipeError,
+    apply_overrides,
+    get_preset,
+    latest_checkpoint,
+    load_checkpoint,
+    load_recipe,
+    preset_names,
+    read_metrics,
+    run_ablation,
+    save_checkpoint,
+    to_toml,
+    train,
+    write_report,
+)
+from vqkit.training.checkpoint import optimizer_state_from_flat, optimizer_state_to_flat
+from vqkit.training.evaluate import CodeSpace, code_space, index_counts, usage_and_perplexity
+from vqkit.training.sampling import BatchStream
+
+pytest.importorskip("sklearn")  # the bundled digits
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread avoids OpenMP oversubscription stalls on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(steps: int = 20, *extra: str) -> Recipe:
+    """The default recipe (digits VQ-VAE) shrunk to run in about a second."""
+    return apply_overrides(load_recipe(), [
+        f"steps={steps}", "batch_size=32", "model.hidden=16", "model.latent_dim=8", "quantizer.codebook_size=32",
+        "quantizer.dead_code_steps=3", "log.eval_every=10", "log.checkpoint_every=5", "log.progress=false",
+        "log.report=false", *extra])
+
+
+# ----------------------------------------------------------------------------------------------
+# recipes
+# ----------------------------------------------------------------------------------------------
+
+
+def test_recipe_round_trips_through_toml(tmp_path):
+    recipe = apply_overrides(load_recipe(), ["quantizer.affine=none", "quantizer.affine_lr=2.5", "optim.betas=[0.8, 0.9]"])
+    path = tmp_path / "r.toml"
+    path.write_text(to_toml(recipe))
+    assert load_recipe(path) == recipe
+    assert load_recipe(path).quantizer.args["affine"] is None
+
+
+def test_every_preset_is_valid():
+    names = preset_names()
+    assert "digits-vqvae" in names and "fashion-mnist-resnet18" in names
+    for name in names:
+        assert load_recipe(name) == get_preset(name)
+    assert load_recipe(None) == get_preset("digits-vqvae")
+
+
+def test_overrides_are_typed_and_nested():
+    r = apply_overrides(load_recipe(), [
+        "steps=20", "optim.lr=3e-4", "bf16=true", "quantizer.codebook_size=512", "quantizer.sync_nu=0.5",
+        "quantizer.kmeans_init=false", "quantizer.affine=none", "model.latent_dim=8", "data.dataset=digits",
+        "quantizer.loss_weight=5"])
+    assert r.steps == 20 and isinstance(r.steps, int)
+    assert r.optim.lr == 3e-4 and r.bf16 is True and r.quantizer.loss_weight == 5.0
+    assert r.quantizer.args == {"codebook_size": 512, "sync_nu": 0.5, "kmeans_init": False, "affine": None}
+    assert r.model.args["latent_dim"] == 8
+
+
+def test_inline_table_replaces_a_section():
+    r = apply_overrides(load_recipe(), ['quantizer={kind="fsq", levels=[8, 5, 5, 5]}'])
+    assert r.quantizer.kind == "fsq" and r.quantizer.args == {"levels": [8, 5, 5, 5]}
+
+
+@pytest.mark.parametrize("override,match", [
+    ("quantizer.codebok_size=512",
+     r"quantizer.codebok_size: unknown key for quantizer kind 'vq'; valid keys: .*quantizer.codebook_size"),
+    ("stepz=3", r"stepz: unknown recipe key; valid keys: name, seed, steps, .*optim.lr"),
+    ("optim.learning_rate=3", r"optim.learning_rate: unknown recipe key; valid keys: .*optim.lr"),
+    ("a.b.c=1", r"a.b.c: unknown recipe key"),
+    ("optim.lr=fast", r"optim.lr: expected float, got 'fast'"),
+    ("steps=2.5", r"steps: expected int, got '2.5'"),
+    ("bf16=maybe", r"bf16: expected bool, got 'maybe'"),
+    ("steps=0", r"steps: expected an int >= 1, got 0"),
+    ("optim.name=lion", r"optim.name: expected one of adamw, adam, sgd, got 'lion'"),
+    ("quantizer.kind=pq", r"quantizer.kind: expected one of .*got 'pq'"),
+    ("steps", r"--set: expected key=value"),
+])
+def test_bad_overrides_name_the_key(override, match):
+    with pytest.raises(RecipeError, match=match):
+        apply_overrides(load_recipe(), [override])
+
+
+def test_recipe_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('steps = 10\n[optim]\nlrate = 0.1\n')
+    with pytest.raises(RecipeError, match=r"bad.toml: optim.lrate: unknown recipe key"):
+        load_recipe(bad)
+    with pytest.raises(FileNotFoundError, match="no such recipe file"):
+        load_recipe(tmp_path / "missing.toml")
+    with pytest.raises(RecipeError, match="neither a .toml file nor a built-in recipe; built-in recipes: digits-vqvae"):
+        load_recipe("nope")
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling, evaluation helpers, checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def test_batch_stream_is_stateless_and_sharded():
+    a = BatchStream(10, 4, seed=3)
+    first = [a.global_batch(s) for s in range(6)]
+    # 24 positions = 2 full epochs + 4: every index appears twice in the first 20
+    assert sorted(torch.cat(first[:5]).tolist()) == sorted(list(range(10)) * 2)
+    b = BatchStream(10, 4, seed=3)
+    assert torch.equal(b.global_batch(5), first[5])  # no state: any step, any order
+    ranks = [BatchStream(10, 4, seed=3, rank=r, world_size=2).local_batch(5) for r in range(2)]
+    assert torch.equal(torch.cat(ranks), first[5])
+    with pytest.raises(ValueError, match="batch_size: the global batch 5 must be divisible"):
+        BatchStream(10, 5, seed=0, world_size=2)
+
+
+def test_usage_counts_per_codebook_column():
+    space = CodeSpace((4, 4), trailing=True)
+    idx = torch.tensor([[0, 1], [0, 2], [3, 2]])
+    counts = index_counts(idx, space)
+    assert counts.tolist() == [[2, 0, 0, 1], [0, 1, 2, 0]]
+    used, ppl = usage_and_perplexity(counts, space)
+    assert used == 4 / 8 and ppl > 1
+    shared = CodeSpace((4, 4), trailing=True, shared=True)
+    assert usage_and_perplexity(index_counts(idx, shared), shared)[0] == 4 / 4
+    from vqkit import GroupedVectorQuantizer, VectorQuantizer
+
+    assert code_space(VectorQuantizer(4, 8)) == CodeSpace((8,), False)
+    assert code_space(GroupedVectorQuantizer(4, 8, 2)) == CodeSpace((8, 8), True, False)
+
+
+def test_optimizer_state_round_trips_without_pickle():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.8, 0.9))
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    tensors, meta = optimizer_state_to_flat(opt)
+    json.dumps(meta)  # JSON-able
+    restored = optimizer_state_from_flat(tensors, json.loads(json.dumps(meta)))
+    opt2 = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.5)
+    opt2.load_state_dict(restored)
+    assert opt2.param_groups[0]["betas"] == (0.8, 0.9) and opt2.param_groups[0]["lr"] == 1e-3
+    for k, v in opt.state_dict()["state"][0].items():
+        assert torch.equal(v, opt2.state_dict()["state"][0][k])
+
+
+def test_checkpoints_are_atomic_pruned_and_loaded_without_unpickling(tmp_path, monkeypatch):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    opt = torch.optim.Adam(model.parameters())
+    for step in (1, 2, 3):
+        model(torch.randn(4, 3)).sum().backward()
+        opt.step()
+        save_checkpoint(tmp_path, step, model, opt, extra={"note": "x"}, keep=2)
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000002", "step_00000003"]
+    assert latest_checkpoint(tmp_path) == root / "step_00000003"
+    assert {p.name for p in (root / "step_00000003").iterdir()} == {
+        "model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"}
+
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("checkpoint loading must not unpickle")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    monkeypatch.setattr(pickle, "load", no_pickle)
+    monkeypatch.setattr(pickle, "loads", no_pickle)
+    model2 = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    opt2 = torch.optim.Adam(model2.parameters())
+    state = load_checkpoint(latest_checkpoint(tmp_path), model2, opt2)
+    assert state["step"] == 3 and state["note"] == "x"
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)
+    # a leftover temporary directory (a crash mid-write) is ignored
+    (root / ".tmp-step_00000004-1").mkdir()
+    (root / "latest").unlink()
+    assert latest_checkpoint(tmp_path) == root / "step_00000003"
+
+
+# ----------------------------------------------------------------------------------------------
+# train, resume, report
+# ----------------------------------------------------------------------------------------------
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
+    recipe = tiny(20)
+    full = train(recipe, tmp_path / "full")
+
+    def crash(step: int) -> None:
+        if step == 13:  # after the checkpoint at 10, before the one at 15
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(recipe, tmp_path / "cut", on_step=crash)
+    assert latest_checkpoint(tmp_path / "cut").name == "step_00000010"
+    assert read_metrics(tmp_path / "cut")[-1]["step"] == 13
+    resumed = train(recipe, tmp_path / "cut", resume=True)
+    assert resumed.final == full.final
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        a = load_file(str(tmp_path / "full/checkpoints/step_00000020" / name))
+        b = load_file(str(tmp_path / "cut/checkpoints/step_00000020" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert (tmp_path / "full/metrics.jsonl").read_bytes() == (tmp_path / "cut/metrics.jsonl").read_bytes()
+    records = read_metrics(tmp_path / "full")
+    assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, 21))
+    assert [r["step"] for r in records if r["split"] == "test"] == [10, 20]
+    assert {"loss", "mse", "usage", "perplexity", "lr"} <= set(records[0])
+
+
+def test_out_dir_guard(tmp_path):
+    train(tiny(2), tmp_path / "run")
+    with pytest.raises(FileExistsError, match="already holds a run; pass --resume"):
+        train(tiny(2), tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint found"):
+        train(tiny(2), tmp_path / "empty", resume=True)
+
+
+def test_bf16_autocast_and_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    result = train(tiny(3, "bf16=true", "log.tensorboard=true"), tmp_path / "run")
+    assert result.final["usage"] > 0
+    assert list((tmp_path / "run/tensorboard").glob("events.out.tfevents.*"))
+
+
+def _assert_png(path: Path) -> None:
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == PNG_MAGIC, path
+    with Image.open(path) as img:
+        img.verify()
+
+
+def test_report_writes_markdown_and_valid_pngs(tmp_path):
+    run = tmp_path / "run"
+    train(tiny(12, "log.eval_every=4"), run)
+    report = write_report(run)
+    text = report.read_text()
+    for name in ("loss", "usage", "perplexity", "reconstructions", "codebook_usage"):
+        _assert_png(run / "plots" / f"{name}.png")
+        assert f"plots/{name}.png" in text
+    assert "Held-out results" in text and "| usage |" in text
+
+
+def test_classifier_run_and_report(tmp_path):
+    recipe = apply_overrides(get_preset("digits-alexnet"), [
+        "steps=6", "batch_size=32", "model.width=4", "model.hidden=16", "quantizer.codebook_size=16",
+        "log.eval_every=3", "log.progress=false"])
+    result = train(recipe, tmp_path / "cls")
+    assert {"accuracy", "usage", "perplexity"} <= set(result.final)
+    _assert_png(tmp_path / "cls/plots/accuracy.png")
+    assert not (tmp_path / "cls/plots/reconstructions.png").exists()
+
+
+def test_ablation_writes_one_table_and_curves(tmp_path):
+    base = tiny(6, "log.eval_every=3", "log.checkpoint_every=0")
+    path = run_ablation(base, tmp_path / "ab", seeds=[0, 1], rungs=["plain", "replace", "fsq"], progress=False)
+    text = path.read_text()
+    assert "| plain STE |" in text and "| + dead-code replacement |" in text and "| FSQ |" in text
+    assert text.count(" ± ") >= 12
+    data = json.loads((tmp_path / "ab/ablation.json").read_text())
+    assert [r["seed"] for r in data["results"]["plain"]["runs"]] == [0, 1]
+    for key in ("usage", "perplexity", "mse"):
+        _assert_png(tmp_path / "ab" / f"curves_{key}.png")
+    with pytest.raises(RecipeError, match="--rungs: unknown rung"):
+        run_ablation(base, tmp_path / "ab2", rungs=["plane"])
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.distributed: 2 processes, gloo, CPU
+# ----------------------------------------------------------------------------------------------
+
+
+def _torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vqkit.cli",
+           "train", "--out", str(out), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_two_process_training_writes_once_and_resumes(tmp_path):
+    common = ["--set", "batch_size=32", "--set", "model.hidden=16", "--set", "quantizer.codebook_size=32",
+              "--set", "quantizer.dead_code_steps=3", "--set", "log.eval_every=4", "--set", "log.checkpoint_every=4",
+              "--set", "log.progress=false", "--set", "log.report=false"]
+    run = tmp_path / "ddp"
+    first = _torchrun(run, "--set", "steps=8", *common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 8
+    records = read_metrics(run)
+    assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, 9))  # one writer
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_00000004", "step_00000008"]
+    second = _torchrun(run, "--resume", "--set", "steps=12")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads((run / "run.json").read_text())["resumed_from_step"] == 8
+    assert [r["step"] for r in read_metrics(run, "train")] == list(range(1, 13))
+    assert latest_checkpoint(run).name == "step_00000012"
