@@ -211,6 +211,42 @@ def test_alternating_step_lowers_codebook_loss(affine):
     assert after < before * 0.9
 
 
+@pytest.mark.parametrize("kind", ["plain", "learned", "learned-groups", "running"])
+def test_alternating_step_matches_the_effective_space_formula(kind):
+    """Shift block (learned affine: beta += lr * mean residual), then used codes c += lr * (mean - c),
+    unused codes untouched; computed here directly on the effective codes."""
+    from vqkit.codebooks import AffineCodebook, Codebook, RunningAffineCodebook
+
+    torch.manual_seed(0)
+    k, d, lr = 12, 5, 0.7
+    if kind == "plain":
+        cb = Codebook(k, d)
+    elif kind == "running":
+        cb = RunningAffineCodebook(k, d, groups=2)
+        cb.update_statistics_(torch.randn(50, d) * 3 + 1, None)
+    else:
+        cb = AffineCodebook(k, d, groups=2 if kind == "learned-groups" else 1, affine_lr=3.0)
+        with torch.no_grad():
+            cb.scale.normal_(0, 0.1)
+            cb.shift.normal_(0, 0.1)
+    z = torch.randn(40, d) * 2 + 1
+    indices = torch.randint(0, k - 3, (40,))  # the last three codes stay unused
+    counts, sums = assignment_sums(z, indices, None, k)
+    c = cb().detach().clone()
+    if isinstance(cb, AffineCodebook):
+        g = cb.groups
+        res = (z - c[indices]).view(40, d)
+        grp = cb.group_of(indices)
+        shift = torch.stack([res[grp == j].sum(0) / max(int((grp == j).sum()), 1) for j in range(g)])
+        c = c + lr * shift.repeat_interleave(k // g, 0)
+    mean = sums / counts.clamp_min(1)[:, None]
+    expected = torch.where(counts[:, None] > 0, c + lr * (mean - c), c)
+    raw_unused = cb.weight.detach()[-3:].clone()
+    cb.alternating_step_(counts, sums.clone(), lr)
+    torch.testing.assert_close(cb().detach(), expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(cb.weight.detach()[-3:], raw_unused)
+
+
 def test_alternating_output_uses_updated_codebook():
     vq = make(affine="learned", alternating_steps=2, alternating_lr=1.0, alternating_reassign=True)
     z = torch.randn(256, 8) * 2 + 3
@@ -261,6 +297,26 @@ def test_dead_code_is_reseeded_after_starving(affine):
     dist = (z - vq.codebook[7]).norm(dim=1).min()
     assert dist < 0.05 * z.norm(dim=1).max()
     assert vq.code_age[7] <= 1
+
+
+def test_dead_code_threshold_recycles_rarely_used_codes():
+    """A code used by one vector per step is alive for ``dead_code_steps`` but falls under a usage
+    threshold of 2 once its running count (EMA, decay 0.8) has settled; the threshold alone also works."""
+    for steps in (0, 50):
+        vq = make(dim=2, k=3, dead_code_steps=steps, dead_code_threshold=2.0)
+        with torch.no_grad():
+            vq.codes.weight.copy_(torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]]))
+        many = torch.randn(30, 2) * 0.01
+        z = torch.cat([many, many + torch.tensor([10.0, 0.0]), torch.tensor([[0.0, 10.0]])])
+        vq(z)  # first step: the running counts copy (30, 30, 1): code 2 is already under the threshold
+        torch.testing.assert_close(vq.usage_ema, torch.tensor([30.0, 30.0, 1.0]))
+        vq(z)  # ... so this step's maintenance re-seeds it from the batch
+        assert (vq.codebook[2] - torch.tensor([0.0, 10.0])).norm() > 1.0
+        assert vq.usage_ema[2] >= 0.8 * 2.0
+        assert (vq.codebook[:2] - torch.tensor([[0.0, 0.0], [10.0, 0.0]])).norm() < 0.1  # busy codes stay
+    with pytest.raises(ValueError, match="dead_code_threshold"):
+        VectorQuantizer(2, 3, dead_code_threshold=-1.0)
+    assert "usage_ema" not in VectorQuantizer(2, 3).state_dict()  # off by default: no extra state
 
 
 def test_ema_update_matches_hand_computation():

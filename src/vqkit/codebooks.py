@@ -109,16 +109,24 @@ class Codebook(nn.Module):
         """One inner codebook step on the codebook loss ``sum_i ||z_i - c_{k_i}||^2``.
 
         Each used code moves a fraction ``lr`` of the way to the mean of its assigned embeddings (the
-        exact minimizer of the loss for fixed assignments; ``lr=1`` is a Lloyd step). Shape-static (no
-        host sync), so it traces under ``torch.compile``.
+        exact minimizer of the loss for fixed assignments; ``lr=1`` is a Lloyd step). With ``c = alpha * w
+        + beta`` that is ``w <- lerp(w, (mean - beta) / alpha, lr)`` on the raw weights, done in place on
+        ``sums`` and ``w`` (no ``(K, D)`` temporaries; unused codes keep bit-identical weights).
+        Shape-static (no host sync), so it traces under ``torch.compile``.
 
         Args:
-            counts: ``(K,)`` assignment counts; sums: ``(K, D)`` assigned-embedding sums.
+            counts: ``(K,)`` assignment counts; sums: ``(K, D)`` fp32 assigned-embedding sums, **consumed**
+                (overwritten with the raw-space targets).
             lr: step size in ``(0, 1]``.
         """
-        current = self.forward().detach().float()
-        target = sums / counts.clamp_min(1.0)[:, None]
-        self.add_to_codes_(torch.where(counts[:, None] > 0, lr * (target - current), 0.0))
+        target = sums.div_(counts.clamp_min(1.0)[:, None])
+        m = self.affine_map()
+        if m is not None:
+            tv = target.view(self.groups, -1, self.dim)
+            tv.sub_(m[1][:, None]).div_(m[0][:, None])
+        w = self.weight
+        step = torch.where(counts > 0, lr, 0.0).to(w.dtype)[:, None]
+        w.lerp_(target.to(w.dtype), step)
 
     def group_of(self, indices: Tensor) -> Tensor:
         """Group id of each code index."""
@@ -148,7 +156,7 @@ class AffineCodebook(Codebook):
     def forward(self) -> Tensor:
         alpha, beta = self.transform()
         w = self.weight.view(self.groups, self.size // self.groups, self.dim)
-        return (w * alpha[:, None] + beta[:, None]).reshape(self.size, self.dim)
+        return torch.addcmul(beta[:, None], w, alpha[:, None]).reshape(self.size, self.dim)
 
     def affine_map(self) -> tuple[Tensor, Tensor]:
         alpha, beta = (t.detach().float() for t in self.transform())
@@ -166,10 +174,14 @@ class AffineCodebook(Codebook):
         fit over the assigned pairs shrinks toward zero whenever the fit is poor (regression dilution),
         which pulls the unused codes into the mean and costs codebook usage (measured on digits).
         """
-        g = self.groups
-        codes = self.forward().detach().float().view(g, -1, self.dim)
-        n = counts.view(g, -1, 1)
-        residual = (sums.view(g, -1, self.dim) - n * codes).sum(1) / n.sum(1).clamp_min(1.0)
+        g, d = self.groups, self.dim
+        alpha, beta = (t.detach().float() for t in self.transform())
+        # sum over the group's assigned pairs of z_i - c_{k_i} = sum_k sums_k - alpha * sum_k n_k w_k - n beta,
+        # formed from (G, D) reductions: no (K, D) temporary
+        n = counts.view(g, 1, -1)
+        weighted_w = torch.bmm(n, self.weight.detach().float().view(g, -1, d)).squeeze(1)
+        total = n.sum(-1)
+        residual = (sums.view(g, -1, d).sum(1) - alpha * weighted_w - total * beta) / total.clamp_min(1.0)
         self.shift.add_(residual, alpha=lr / self.affine_lr)
         super().alternating_step_(counts, sums, lr)
 
@@ -201,7 +213,7 @@ class RunningAffineCodebook(Codebook):
     def forward(self) -> Tensor:
         scale, shift = self.transform()
         w = self.weight.view(self.groups, self.size // self.groups, self.dim)
-        return (w * scale[:, None] + shift[:, None]).reshape(self.size, self.dim)
+        return torch.addcmul(shift[:, None], w, scale[:, None]).reshape(self.size, self.dim)
 
     def affine_map(self) -> tuple[Tensor, Tensor]:
         scale, shift = self.transform()

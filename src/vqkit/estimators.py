@@ -12,10 +12,11 @@ round-off), so the training output equals ``decode(indices)``. They differ in th
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["straight_through", "rotation_trick", "ESTIMATORS"]
+__all__ = ["straight_through", "straight_through_with_loss", "rotation_trick", "ESTIMATORS"]
 
 ESTIMATORS = ("ste", "rotation")
 
@@ -26,6 +27,30 @@ def _with_code_gradient(out: Tensor, q: Tensor, nu: float) -> Tensor:
     return out + nu * (q - q.detach())
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Value ``q`` (one copy, no arithmetic); backward: ``dL/dz = g``, ``dL/dq = nu * g``.
+
+    The copy is deliberate: returning ``q.view_as(q)`` gives wrong input gradients once the quantizer is
+    compiled (torch 2.13, AOTAutograd's handling of a Function output that aliases its input, see
+    tests/test_compile.py::test_compiled_training_step_matches_eager).
+    """
+
+    @staticmethod
+    def forward(z: Tensor, q: Tensor, nu: float) -> Tensor:
+        return q.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.nu = inputs[2]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        nu = ctx.nu
+        if not ctx.needs_input_grad[1] or nu == 0.0:
+            return grad, None, None
+        return grad, (grad if nu == 1.0 else grad * nu), None
+
+
 def straight_through(z: Tensor, q: Tensor, nu: float = 0.0) -> Tensor:
     """Straight-through output (optionally synchronized).
 
@@ -34,10 +59,136 @@ def straight_through(z: Tensor, q: Tensor, nu: float = 0.0) -> Tensor:
         q: ``(N, D)`` selected codes; with ``nu > 0`` they must be differentiable w.r.t. the codebook.
         nu: synchronized-update weight (0 = plain STE).
     Returns:
-        ``(N, D)`` tensor equal to ``q`` in value, in ``q``'s dtype.
+        ``(N, D)`` tensor equal to ``q`` in value, in ``q``'s dtype. One ``autograd.Function``: the forward
+        is one copy (``out = z + sg(q - z) + nu * q - sg(nu * q)`` took five passes over ``(N, D)``), the
+        backward passes ``g`` to ``z`` and ``nu * g`` to ``q`` (no pass at all when ``nu`` is 0 or 1).
     """
-    z = z.to(q.dtype)
-    return _with_code_gradient(q.detach() + (z - z.detach()), q, nu)
+    return _StraightThrough.apply(z.to(q.dtype), q, float(nu))
+
+
+def _acc_dtype(*tensors: Tensor) -> torch.dtype:
+    """Accumulation dtype: fp32 for half/bf16/fp32 inputs, fp64 if any input is fp64."""
+    acc = torch.float32
+    for t in tensors:
+        acc = torch.promote_types(acc, t.dtype)
+    return acc
+
+
+#: elements of the reused buffer in which ``z - q`` is formed chunk by chunk (1 MiB of fp32).
+_DIFF_CHUNK = 2**18
+
+
+def _row_chunks(n: int, d: int):
+    rows = max(1, _DIFF_CHUNK // max(d, 1))
+    return ((s, min(s + rows, n)) for s in range(0, n, rows)), rows
+
+
+class _GatherSTELoss(torch.autograd.Function):
+    """Gather + (synchronized) straight-through output + commitment/codebook loss in one op.
+
+    Forward: ``q = codes[indices]`` (the one gather, which is the output) and ``mse = mean((z - q)^2)``,
+    with ``z - q`` formed chunk by chunk in a small reused buffer. Backward, with ``g`` the task gradient on
+    the output and ``s = 2 dL/dtotal / count``: ``dz = g + cw * s * (z - q)`` (the one ``(N, D)`` gradient
+    written), and ``dcodes = nu * index_add(g) - bw * s * index_add(z - q)`` (what ``F.embedding``'s backward
+    would do with the per-row gradient, as scatter-adds into ``(K, D)``, again through the chunk buffer).
+    So one step writes two fresh ``(N, D)`` tensors (``q`` and ``dz``) where the unfused
+    ``embedding + straight_through + vq_loss`` graph wrote about 16; on CPU every fresh large tensor also
+    costs page faults. Nothing but ``z``, ``q`` (which the graph holds anyway) and the indices is saved.
+    """
+
+    @staticmethod
+    def forward(z, codes, indices, weight, nu, cw, bw):
+        q = F.embedding(indices, codes)
+        n, d = q.shape
+        acc = _acc_dtype(z, q)
+        zf, qf = z.to(acc), q.to(acc)
+        chunks, rows = _row_chunks(n, d)
+        buf = torch.empty(min(rows, n), d, dtype=acc, device=q.device)
+        sq = q.new_zeros((), dtype=acc)
+        for s, e in chunks:
+            b = buf[: e - s]
+            torch.sub(zf[s:e], qf[s:e], out=b)
+            if weight is None:
+                sq = sq + torch.dot(b.view(-1), b.view(-1))
+            else:
+                sq = sq + (b.square().sum(-1) * weight[s:e]).sum()
+        if weight is None:
+            denom = q.new_tensor(float(max(n * d, 1)), dtype=acc)
+        else:
+            denom = (weight.sum() * d).clamp_min(1.0)
+        mse = sq / denom
+        return q, mse * (cw + bw), mse, denom
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        z, codes, indices, weight, nu, cw, bw = inputs
+        q, _, mse, denom = output
+        ctx.save_for_backward(z, q, indices, weight, denom)
+        ctx.nu, ctx.cw, ctx.bw = nu, cw, bw
+        ctx.z_dtype, ctx.codes_shape, ctx.codes_dtype = z.dtype, codes.shape, codes.dtype
+        ctx.mark_non_differentiable(mse, denom)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, g_out, g_total, g_mse, g_denom):
+        z, q, indices, weight, denom = ctx.saved_tensors
+        need_z, need_codes = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        loss = g_total is not None
+        acc = denom.dtype
+        s = 2.0 * g_total.to(acc) / denom if loss else None
+        dz = dcodes = None
+        if need_z:
+            if not loss or ctx.cw == 0.0:
+                dz = g_out
+            else:
+                dz = torch.sub(z.to(acc), q.to(acc))
+                if weight is not None:
+                    dz.mul_(weight[:, None])
+                if g_out is None:
+                    dz.mul_(s * ctx.cw)
+                else:
+                    torch.addcmul(g_out.to(acc), dz, s * ctx.cw, out=dz)
+            dz = None if dz is None else dz.to(ctx.z_dtype)
+        if need_codes:
+            if g_out is not None and ctx.nu != 0.0:
+                dcodes = torch.zeros(ctx.codes_shape, dtype=acc, device=q.device)
+                dcodes.index_add_(0, indices, g_out.to(acc), alpha=ctx.nu)
+            if loss and ctx.bw != 0.0:
+                if dcodes is None:
+                    dcodes = torch.zeros(ctx.codes_shape, dtype=acc, device=q.device)
+                coef = (s * -ctx.bw).reshape(1, 1)
+                n, d = q.shape
+                chunks, rows = _row_chunks(n, d)
+                buf = torch.empty(min(rows, n), d, dtype=acc, device=q.device)
+                zf, qf = z.to(acc), q.to(acc)
+                for s0, e in chunks:  # -bw * s * (z - q), chunk by chunk, scattered into the codes
+                    b = buf[: e - s0]
+                    torch.sub(zf[s0:e], qf[s0:e], out=b)
+                    b.mul_(coef if weight is None else coef * weight[s0:e, None])
+                    dcodes.index_add_(0, indices[s0:e], b)
+            if dcodes is not None:
+                dcodes = dcodes.to(ctx.codes_dtype)
+        return dz, dcodes, None, None, None, None, None
+
+
+def straight_through_with_loss(
+    z: Tensor, codes: Tensor, indices: Tensor, nu: float, commitment_weight: float, codebook_weight: float,
+    weight: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``straight_through(z, codes[indices], nu)`` and ``vq_loss(z, codes[indices], ...)`` as one op.
+
+    Args:
+        z: ``(N, D)`` encoder vectors; codes: ``(K, D)`` effective codes (differentiable);
+        indices: ``(N,)`` int64 assignments; nu: synchronized-update weight;
+        commitment_weight, codebook_weight: loss weights; weight: optional ``(N,)`` row weights.
+    Returns:
+        ``(out, total_loss, mse)``: ``out`` equals ``codes[indices]`` in value (``codes``' dtype) with the
+        straight-through gradients; ``total_loss`` as :func:`vqkit.losses.vq_loss`; ``mse`` detached (the
+        commitment and codebook terms are equal in value).
+    """
+    out, total, mse, _ = _GatherSTELoss.apply(z, codes, indices, weight, float(nu), float(commitment_weight),
+                                                 float(codebook_weight))
+    return out, total, mse
 
 
 def rotation_trick(z: Tensor, q: Tensor, nu: float = 0.0, eps: float = 1e-8) -> Tensor:

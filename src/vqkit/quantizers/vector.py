@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .. import distributed as dist_utils
 from ..codebooks import AffineCodebook, Codebook, EMACodebook, RunningAffineCodebook, assignment_sums
-from ..estimators import ESTIMATORS, rotation_trick, straight_through
+from ..estimators import ESTIMATORS, rotation_trick, straight_through, straight_through_with_loss
 from ..losses import vq_loss
 from ..maintenance import gather_embeddings, kmeans, sample_replacements, shared_generator
 from ..metrics import code_counts, perplexity, usage
@@ -58,6 +58,9 @@ PLAIN_STE = dict(affine=None, sync_nu=0.0, alternating_steps=0, kmeans_init=Fals
 
 #: window used for the ``dead_codes`` statistic when replacement is off (the paper's typical T).
 DEAD_CODE_WINDOW = 20
+
+#: decay of the running assignment counts behind ``dead_code_threshold``.
+USAGE_EMA_DECAY = 0.8
 
 
 class VQResult:
@@ -126,6 +129,9 @@ class VectorQuantizer(Quantizer):
         kmeans_iters: Lloyd iterations of that init.
         dead_code_steps: re-seed a code from a current embedding after this many training steps
             without use (0 = never).
+        dead_code_threshold: also re-seed codes whose running assignment count (an EMA over steps with
+            decay 0.8, of the all-reduced per-step counts) drops below this many vectors (0 = off): rarely
+            used codes are recycled too, which flattens usage (higher perplexity) at large K.
         ema_decay: if set, the codebook is an EMA of cluster means instead of learned by gradient
             (incompatible with affine, alternating steps and ``sync_nu``).
         estimator: ``"ste"`` (straight-through) or ``"rotation"`` (rotation trick).
@@ -159,6 +165,7 @@ class VectorQuantizer(Quantizer):
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
         dead_code_steps: int = 100,
+        dead_code_threshold: float = 0.0,
         ema_decay: float | None = None,
         estimator: str = "ste",
         channel_dim: int = -1,
@@ -182,6 +189,9 @@ class VectorQuantizer(Quantizer):
                             ("sync_nu", sync_nu)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name}: expected a float >= 0, got {value!r}")
+        if not isinstance(dead_code_threshold, (int, float)) or isinstance(dead_code_threshold, bool) \
+                or not 0 <= dead_code_threshold < float("inf"):
+            raise ValueError(f"dead_code_threshold: expected a finite float >= 0, got {dead_code_threshold!r}")
         if not 0 < alternating_lr <= 1:
             raise ValueError(f"alternating_lr: expected a float in (0, 1], got {alternating_lr}")
         if ema_decay is not None:
@@ -208,6 +218,7 @@ class VectorQuantizer(Quantizer):
         self.kmeans_init = bool(kmeans_init)
         self.kmeans_iters = kmeans_iters
         self.dead_code_steps = dead_code_steps
+        self.dead_code_threshold = float(dead_code_threshold)
         self.ema_decay = ema_decay
         self.estimator = estimator
         self.check_finite = bool(check_finite)
@@ -226,12 +237,16 @@ class VectorQuantizer(Quantizer):
             self.codes = Codebook(codebook_size, self.codebook_dim, affine_groups)
         self.register_buffer("initialized", torch.tensor(not self.kmeans_init))
         self.register_buffer("code_age", torch.zeros(codebook_size, dtype=torch.int64))
+        if self.dead_code_threshold > 0:  # inf = not yet observed (the first step's counts are copied)
+            self.register_buffer("usage_ema", torch.full((codebook_size,), float("inf")))
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, codebook_size={self.codebook_size}, codebook_dim={self.codebook_dim}, "
                 f"metric={self.metric!r}, affine={self.affine!r}, sync_nu={self.sync_nu}, "
                 f"alternating_steps={self.alternating_steps}, kmeans_init={self.kmeans_init}, "
-                f"dead_code_steps={self.dead_code_steps}, ema_decay={self.ema_decay}, estimator={self.estimator!r}")
+                f"dead_code_steps={self.dead_code_steps}, "
+                + (f"dead_code_threshold={self.dead_code_threshold}, " if self.dead_code_threshold else "")
+                + f"ema_decay={self.ema_decay}, estimator={self.estimator!r}")
 
     # ------------------------------------------------------------------------------------------
     # public API
@@ -261,8 +276,12 @@ class VectorQuantizer(Quantizer):
         z = self.project_in(flat)
         if self.metric == "cosine":
             z = F.normalize(z, dim=-1)
-        res = self.quantize_vectors(z, weight)
-        out = self.project_out(_estimate(self.estimator, z, res.codes, self.sync_nu))
+        if self.estimator == "ste":  # gather, straight-through output and loss in one fused op
+            res = self.quantize_vectors(z, weight, output_nu=self.sync_nu)
+            out = self.project_out(res.codes)
+        else:
+            res = self.quantize_vectors(z, weight)
+            out = self.project_out(_estimate(self.estimator, z, res.codes, self.sync_nu))
         return QuantizerOutput(_unflatten(self, out, lead, x.dtype), res.indices.reshape(lead), res.loss, res.stats)
 
     # ------------------------------------------------------------------------------------------
@@ -272,14 +291,17 @@ class VectorQuantizer(Quantizer):
     def search(self, z: Tensor, codes: Tensor) -> SearchResult:
         return nearest_code(z, codes, self.metric, memory_budget=self.memory_budget)
 
-    def quantize_vectors(self, z: Tensor, weight: Tensor | None = None) -> VQResult:
+    def quantize_vectors(self, z: Tensor, weight: Tensor | None = None, output_nu: float | None = None) -> VQResult:
         """Assign ``z (N, codebook_dim)`` to codes, maintaining the codebook in training.
 
         Args:
             z: vectors in codebook space (already projected; l2-normalized for the cosine metric).
             weight: optional ``(N,)`` float row weights, 0 for masked rows.
+            output_nu: if given, ``codes`` of the result is already the (synchronized, with this ``nu``)
+                straight-through output, computed with the loss in one fused op.
         Returns:
-            :class:`VQResult` with the selected codes (not yet passed through an estimator).
+            :class:`VQResult` with the selected codes (not yet passed through an estimator, unless
+            ``output_nu`` is given).
         """
         zd = z.detach()
         if self.training:
@@ -295,15 +317,23 @@ class VectorQuantizer(Quantizer):
                     found = self.search(zd, self.effective_codes())
             codes = self.effective_codes()
         indices = found.indices
-        selected = F.embedding(indices, codes)
+        if output_nu is None:
+            selected = F.embedding(indices, codes)
+            total, commitment, codebook = vq_loss(z, selected, self.commitment_weight, self.codebook_weight, weight)
+        else:
+            selected, total, commitment = straight_through_with_loss(
+                z, codes, indices, output_nu, self.commitment_weight, self.codebook_weight, weight)
+            codebook = commitment
         if self.training and isinstance(self.codes, EMACodebook):
             self.codes.ema_update_(*assignment_sums(zd, indices, weight, self.codebook_size))
-        losses = vq_loss(z, selected, self.commitment_weight, self.codebook_weight, weight)
 
         counts = code_counts(indices, self.codebook_size, None if weight is None else weight > 0)
         if self.training:
             dist_utils.all_reduce_sum_(counts)
             self.code_age.add_(1).masked_fill_(counts > 0, 0)
+            if self.dead_code_threshold > 0:
+                ema = self.usage_ema
+                ema.copy_(torch.where(ema.isinf(), counts, ema.lerp(counts, 1.0 - USAGE_EMA_DECAY)))
         window = self.dead_code_steps or DEAD_CODE_WINDOW
         if weight is None:
             qerr = found.distances.mean() if found.distances.numel() else found.distances.sum()
@@ -314,10 +344,10 @@ class VectorQuantizer(Quantizer):
             "perplexity": perplexity(counts),
             "dead_codes": (self.code_age >= window).sum().float(),
             "quantization_error": qerr,
-            "commitment_loss": losses.commitment,
-            "codebook_loss": losses.codebook,
+            "commitment_loss": commitment,
+            "codebook_loss": codebook,
         }
-        return VQResult(selected, indices, losses.total, stats)
+        return VQResult(selected, indices, total, stats)
 
     # ------------------------------------------------------------------------------------------
     # data-dependent maintenance (host-synchronizing; kept out of torch.compile graphs)
@@ -329,7 +359,7 @@ class VectorQuantizer(Quantizer):
             check_finite("x", z)
         if not bool(self.initialized):
             self._kmeans_init(z, weight)
-        if self.dead_code_steps > 0:
+        if self.dead_code_steps > 0 or self.dead_code_threshold > 0:
             self._replace_dead_codes(z, weight)
 
     def _kmeans_init(self, z: Tensor, weight: Tensor | None) -> None:
@@ -341,7 +371,10 @@ class VectorQuantizer(Quantizer):
         self.initialized.fill_(True)
 
     def _replace_dead_codes(self, z: Tensor, weight: Tensor | None) -> None:
-        dead = (self.code_age >= self.dead_code_steps).nonzero().squeeze(1)
+        dead = self.code_age >= self.dead_code_steps if self.dead_code_steps > 0 else torch.zeros_like(self.code_age, dtype=torch.bool)
+        if self.dead_code_threshold > 0:
+            dead = dead | (self.usage_ema < self.dead_code_threshold)
+        dead = dead.nonzero().squeeze(1)
         if dead.numel() == 0:
             return
         pool = gather_embeddings(z, weight, max_rows=dead.numel())
@@ -352,6 +385,8 @@ class VectorQuantizer(Quantizer):
             new = F.normalize(new, dim=-1)
         self.codes.set_codes_(dead, new)
         self.code_age[dead] = 0
+        if self.dead_code_threshold > 0:
+            self.usage_ema[dead] = self.dead_code_threshold
 
 
 class GroupedVectorQuantizer(Quantizer):

@@ -76,6 +76,7 @@ def _vq(**flags: Any) -> Callable[[QuantizerConfig, dict[str, Any]], QuantizerCo
         for k, v in fixes.items():
             uses = {"affine_lr": args.get("affine") == "learned", "affine_groups": args.get("affine") is not None,
                     "sync_nu": args.get("sync_nu", 0) > 0, "dead_code_steps": args.get("dead_code_steps", 0) > 0,
+                    "dead_code_threshold": args.get("dead_code_steps", 0) > 0,
                     "alternating_lr": args.get("alternating_steps", 0) > 0,
                     "alternating_reassign": args.get("alternating_steps", 0) > 0,
                     "alternating_steps": args.get("alternating_steps", 0) > 0}.get(k, True)
