@@ -17,12 +17,7 @@ TINY = ["--set", "steps=6", "--set", "batch_size=32", "--set", "model.hidden=16"
         "--set", "log.eval_every=3", "--set", "log.progress=false"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_train_then_report(tmp_path, capsys):

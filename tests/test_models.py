@@ -17,13 +17,7 @@ from vqkit.models import (
 from vqkit.quantizers.base import QuantizerOutput
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP oversubscription stalls on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # small quantizer configs per kind, and the trailing index axis each adds
 QUANTIZERS = {
