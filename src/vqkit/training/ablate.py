@@ -119,7 +119,7 @@ LADDER: tuple[Rung, ...] = (
     Rung("ema", "EMA codebook + replacement (k-means init)", _vq(**_KM, ema_decay=0.99, dead_code_steps=20)),
     Rung("rotation", "rotation trick (k-means init)", _vq(**_KM, estimator="rotation")),
     Rung("fsq", "FSQ", _fsq),
-    Rung("peer", "vector-quantize-pytorch (EMA, k-means, dead code 2)", _peer),
+    Rung("peer", "vector-quantize-pytorch (EMA, k-means, dead code 2; its default rotation trick)", _peer),
 )
 RUNG_NAMES = tuple(r.key for r in LADDER)
 
