@@ -93,14 +93,6 @@ class Codebook(nn.Module):
         """Make the effective codes ``indices (n,)`` equal ``values (n, D)``."""
         self.weight[indices] = self.to_raw(values.float(), indices).to(self.weight.dtype)
 
-    @torch.no_grad()
-    def add_to_codes_(self, delta: Tensor) -> None:
-        """Add ``delta (K, D)`` to the effective codes (rows of zeros leave a code bit-identical)."""
-        m = self.affine_map()
-        if m is not None:
-            delta = (delta.view(self.groups, -1, self.dim) / m[0][:, None]).view(self.size, self.dim)
-        self.weight.add_(delta.to(self.weight.dtype))
-
     def update_statistics_(self, z: Tensor, weight: Tensor | None) -> None:
         """Hook for data-dependent transforms (running affine). ``z (N, D)`` detached."""
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .losses import accumulation_dtype
+
 __all__ = ["straight_through", "straight_through_with_loss", "rotation_trick", "ESTIMATORS"]
 
 ESTIMATORS = ("ste", "rotation")
@@ -66,14 +68,6 @@ def straight_through(z: Tensor, q: Tensor, nu: float = 0.0) -> Tensor:
     return _StraightThrough.apply(z.to(q.dtype), q, float(nu))
 
 
-def _acc_dtype(*tensors: Tensor) -> torch.dtype:
-    """Accumulation dtype: fp32 for half/bf16/fp32 inputs, fp64 if any input is fp64."""
-    acc = torch.float32
-    for t in tensors:
-        acc = torch.promote_types(acc, t.dtype)
-    return acc
-
-
 #: elements of the reused buffer in which ``z - q`` is formed chunk by chunk (1 MiB of fp32).
 _DIFF_CHUNK = 2**18
 
@@ -90,7 +84,8 @@ class _GatherSTELoss(torch.autograd.Function):
     with ``z - q`` formed chunk by chunk in a small reused buffer. Backward, with ``g`` the task gradient on
     the output and ``s = 2 dL/dtotal / count``: ``dz = g + cw * s * (z - q)`` (the one ``(N, D)`` gradient
     written), and ``dcodes = nu * index_add(g) - bw * s * index_add(z - q)`` (what ``F.embedding``'s backward
-    would do with the per-row gradient, as scatter-adds into ``(K, D)``, again through the chunk buffer).
+    would do with the per-row gradient, as scatter-adds into ``(K, D)``; the residual ``z - q`` is formed once and
+    shared by both terms, or chunk by chunk through the small buffer when ``dz`` does not need it).
     So one step writes two fresh ``(N, D)`` tensors (``q`` and ``dz``) where the unfused
     ``embedding + straight_through + vq_loss`` graph wrote about 16; on CPU every fresh large tensor also
     costs page faults. Nothing but ``z``, ``q`` (which the graph holds anyway) and the indices is saved.
@@ -100,7 +95,7 @@ class _GatherSTELoss(torch.autograd.Function):
     def forward(z, codes, indices, weight, nu, cw, bw):
         q = F.embedding(indices, codes)
         n, d = q.shape
-        acc = _acc_dtype(z, q)
+        acc = accumulation_dtype(z, q)
         zf, qf = z.to(acc), q.to(acc)
         chunks, rows = _row_chunks(n, d)
         buf = torch.empty(min(rows, n), d, dtype=acc, device=q.device)
@@ -133,42 +128,54 @@ class _GatherSTELoss(torch.autograd.Function):
     def backward(ctx, g_out, g_total, g_mse, g_denom):
         z, q, indices, weight, denom = ctx.saved_tensors
         need_z, need_codes = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        loss = g_total is not None
         acc = denom.dtype
-        s = 2.0 * g_total.to(acc) / denom if loss else None
-        dz = dcodes = None
-        if need_z:
-            if not loss or ctx.cw == 0.0:
-                dz = g_out
-            else:
-                dz = torch.sub(z.to(acc), q.to(acc))
-                if weight is not None:
-                    dz.mul_(weight[:, None])
-                if g_out is None:
-                    dz.mul_(s * ctx.cw)
-                else:
-                    torch.addcmul(g_out.to(acc), dz, s * ctx.cw, out=dz)
-            dz = None if dz is None else dz.to(ctx.z_dtype)
+        s = None if g_total is None else 2.0 * g_total.to(acc) / denom
+        commit = s is not None and need_z and ctx.cw != 0.0
+        codebook = s is not None and need_codes and ctx.bw != 0.0
+        # the (weighted) residual z - q, formed once when dz needs it and shared with the codebook term
+        diff = None
+        if commit:
+            diff = torch.sub(z.to(acc), q.to(acc))
+            if weight is not None:
+                diff.mul_(weight[:, None])
+        dcodes = None
         if need_codes:
-            if g_out is not None and ctx.nu != 0.0:
+            if codebook:  # -bw * s * sum_{i -> k} (z_i - q_i)
                 dcodes = torch.zeros(ctx.codes_shape, dtype=acc, device=q.device)
-                dcodes.index_add_(0, indices, g_out.to(acc), alpha=ctx.nu)
-            if loss and ctx.bw != 0.0:
+                if diff is not None:
+                    dcodes.index_add_(0, indices, diff)
+                else:  # no dz to share: scatter z - q chunk by chunk through a small buffer
+                    _scatter_residual_(dcodes, z.to(acc), q.to(acc), indices, weight)
+                dcodes.mul_(s * -ctx.bw)
+            if g_out is not None and ctx.nu != 0.0:
                 if dcodes is None:
                     dcodes = torch.zeros(ctx.codes_shape, dtype=acc, device=q.device)
-                coef = (s * -ctx.bw).reshape(1, 1)
-                n, d = q.shape
-                chunks, rows = _row_chunks(n, d)
-                buf = torch.empty(min(rows, n), d, dtype=acc, device=q.device)
-                zf, qf = z.to(acc), q.to(acc)
-                for s0, e in chunks:  # -bw * s * (z - q), chunk by chunk, scattered into the codes
-                    b = buf[: e - s0]
-                    torch.sub(zf[s0:e], qf[s0:e], out=b)
-                    b.mul_(coef if weight is None else coef * weight[s0:e, None])
-                    dcodes.index_add_(0, indices[s0:e], b)
+                dcodes.index_add_(0, indices, g_out.to(acc), alpha=ctx.nu)
             if dcodes is not None:
                 dcodes = dcodes.to(ctx.codes_dtype)
+        dz = None
+        if need_z:
+            if diff is None:
+                dz = g_out
+            else:  # dz = g + cw * s * (z - q), in place in the residual buffer
+                dz = diff.mul_(s * ctx.cw)
+                if g_out is not None:
+                    dz.add_(g_out.to(acc))
+            dz = None if dz is None else dz.to(ctx.z_dtype)
         return dz, dcodes, None, None, None, None, None
+
+
+def _scatter_residual_(out: Tensor, z: Tensor, q: Tensor, indices: Tensor, weight: Tensor | None) -> None:
+    """``out.index_add_(0, indices, weight * (z - q))`` without a full ``(N, D)`` temporary."""
+    n, d = q.shape
+    chunks, rows = _row_chunks(n, d)
+    buf = torch.empty(min(rows, n), d, dtype=out.dtype, device=out.device)
+    for s0, e in chunks:
+        b = buf[: e - s0]
+        torch.sub(z[s0:e], q[s0:e], out=b)
+        if weight is not None:
+            b.mul_(weight[s0:e, None])
+        out.index_add_(0, indices[s0:e], b)
 
 
 def straight_through_with_loss(

@@ -24,9 +24,17 @@ class VQLoss(NamedTuple):
     codebook: Tensor
 
 
+def accumulation_dtype(*tensors: Tensor) -> torch.dtype:
+    """fp32 for half / bf16 / fp32 inputs, fp64 if any input is fp64."""
+    acc = torch.float32
+    for t in tensors:
+        acc = torch.promote_types(acc, t.dtype)
+    return acc
+
+
 def masked_mse(a: Tensor, b: Tensor, weight: Tensor | None = None) -> Tensor:
     """Mean of ``(a - b)^2`` over ``(N, D)`` elements, rows weighted by ``weight (N,)`` (0 = masked)."""
-    acc = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    acc = accumulation_dtype(a, b)
     sq = (a.to(acc) - b.to(acc)).pow(2)
     if weight is None:
         return sq.mean() if sq.numel() > 0 else sq.sum()
@@ -42,7 +50,7 @@ class _VQLossFn(torch.autograd.Function):
 
     @staticmethod
     def forward(z: Tensor, q: Tensor, weight: Tensor | None, cw: float, bw: float):
-        acc = torch.promote_types(torch.promote_types(z.dtype, q.dtype), torch.float32)
+        acc = accumulation_dtype(z, q)
         diff = z.to(acc) - q.to(acc)
         if weight is None:
             flat = diff.reshape(-1)
