@@ -56,7 +56,7 @@ def build_quantizer(kind: str, dim: int, codebook_size: int) -> nn.Module:
     from vqkit.quantizers.vector import VectorQuantizer  # written alongside; plain STE baseline
 
     k = math.prod(fsq_levels(codebook_size))  # same K as the FSQ
-    return VectorQuantizer(dim, k, affine=None, sync_nu=0.0, alternating_steps=0, kmeans_init=False,
+    return VectorQuantizer(dim, k, codebook="plain", sync_nu=0.0, alternating_steps=0, kmeans_init=False,
                            dead_code_steps=0)
 
 

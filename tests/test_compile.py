@@ -1,7 +1,7 @@
-"""torch.compile: the search is one opaque custom op (no graph break, no unrolled chunk loop), the eval-mode
-VectorQuantizer forward has no graph break, and in training the only breaks are the deliberately
-``torch.compiler.disable``d maintenance call (k-means init, dead-code replacement, NaN check: data-dependent
-and host-synchronizing)."""
+"""torch.compile: the search is one opaque custom op (no graph break, no unrolled chunk loop), and both the
+eval-mode and the steady-state training forward of a VectorQuantizer (after the k-means initializing step)
+compile with ``fullgraph=True``: maintenance (EMA and running statistics, alternating steps, dead-code
+replacement, usage counters) is shape-static graph code without host syncs."""
 
 import copy
 import shutil
@@ -63,12 +63,65 @@ def test_eval_forward_has_no_graph_break():
     assert ex.graph_count == 1
 
 
-def test_training_breaks_only_at_maintenance():
-    vq = _trained_quantizer()
-    ex = torch._dynamo.explain(vq)(torch.randn(2, 5, 8))
-    reasons = _break_reasons(ex)
-    assert ex.graph_break_count >= 1
-    assert all("_maintain" in r for r in reasons), reasons
+TRAINING_CONFIGS = {
+    "defaults": {},
+    "replace-every-step": dict(dead_code_steps=1),
+    "running-affine": dict(codebook="running_affine", dead_code_steps=1),
+    "ema-threshold": dict(codebook="ema", dead_code_steps=1, dead_code_threshold=2.0),
+    "cosine-projected": dict(metric="cosine", codebook_dim=4),
+    "rotation-reassign": dict(estimator="rotation", alternating_steps=2, alternating_reassign=True),
+}
+
+
+@pytest.mark.parametrize("config", sorted(TRAINING_CONFIGS))
+def test_training_forward_has_no_graph_break(config):
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 32, **TRAINING_CONFIGS[config]).train()
+    vq(torch.randn(64, 8))  # the k-means initializing step, eager
+    mask = torch.rand(2, 5) > 0.3
+    ex = torch._dynamo.explain(vq)(torch.randn(2, 5, 8), mask)
+    assert ex.graph_break_count == 0, _break_reasons(ex)
+    assert ex.graph_count == 1
+
+
+@pytest.mark.parametrize("config", ["defaults", "replace-every-step", "ema-threshold"])
+def test_fullgraph_training_steps_match_eager(config):
+    """Several compiled training steps (aot_eager: the same kernels and RNG stream as eager) give the same
+    indices, gradients and buffers as eager steps, with dead-code replacement firing."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 32, **TRAINING_CONFIGS[config]).train()
+    vq(torch.randn(64, 8))
+    twin = copy.deepcopy(vq)
+    compiled = torch.compile(twin, fullgraph=True, backend="aot_eager")
+    for step in range(4):
+        x = torch.randn(3, 7, 8, generator=torch.Generator().manual_seed(step)) * (1 + step)
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        torch.manual_seed(100 + step)
+        oa = vq(a)
+        torch.manual_seed(100 + step)
+        ob = compiled(b)
+        (oa.quantized.square().sum() + oa.loss).backward()
+        (ob.quantized.square().sum() + ob.loss).backward()
+        assert torch.equal(oa.indices, ob.indices)
+        torch.testing.assert_close(a.grad, b.grad)
+        for (name, p), q in zip(vq.named_parameters(), twin.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, msg=name)
+        for (name, t), u in zip(vq.state_dict().items(), twin.state_dict().values()):
+            torch.testing.assert_close(t, u, msg=name)
+        vq.zero_grad()
+        twin.zero_grad()
+
+
+def test_inductor_fullgraph_training_step_runs():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 32, dead_code_steps=1).train()
+    vq(torch.randn(64, 8))
+    compiled = torch.compile(vq, fullgraph=True, backend=_backend())
+    for step in range(2):
+        x = torch.randn(4, 6, 8, requires_grad=True)
+        out = compiled(x)
+        (out.quantized.square().sum() + out.loss).backward()
+        assert torch.isfinite(x.grad).all() and out.indices.min() >= 0
 
 
 def test_compiled_eval_forward_matches_eager():

@@ -58,8 +58,8 @@ def train_and_measure(vq_kwargs, steps=300, seed=0, k=256, dim=16):
 
 def test_plain_ste_collapses_and_the_fixes_keep_the_codebook_alive():
     plain_usage, plain_mse = train_and_measure(dict(PLAIN_STE))
-    fixed_usage, fixed_mse = train_and_measure(dict(PLAIN_STE, kmeans_init=True, sync_nu=1.0, affine="learned",
-                                                    affine_lr=10.0))
+    fixed_usage, fixed_mse = train_and_measure(dict(PLAIN_STE, kmeans_init=True, sync_nu=1.0,
+                                                    codebook="affine"))
     assert plain_usage < 0.10, plain_usage
     assert fixed_usage > 0.30, fixed_usage
     assert fixed_mse < plain_mse

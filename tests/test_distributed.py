@@ -20,9 +20,9 @@ from torch import nn
 from vqkit import PLAIN_STE, VectorQuantizer
 
 CONFIGS = {
-    "paper": dict(affine="learned", sync_nu=1.0, alternating_steps=1, kmeans_init=True, dead_code_steps=2),
-    "running": dict(affine="running", sync_nu=1.0, alternating_steps=1, kmeans_init=True, dead_code_steps=2),
-    "ema": dict(PLAIN_STE, ema_decay=0.9, kmeans_init=True, dead_code_steps=2),
+    "paper": dict(codebook="affine", sync_nu=1.0, alternating_steps=1, kmeans_init=True, dead_code_steps=2),
+    "running": dict(codebook="running_affine", sync_nu=1.0, alternating_steps=1, kmeans_init=True, dead_code_steps=2),
+    "ema": dict(PLAIN_STE, codebook={"kind": "ema", "decay": 0.9}, kmeans_init=True, dead_code_steps=2),
 }
 # re-seeding draws each rank's candidates from its own batch, so it is rank-consistent but not equal to a
 # 1-process draw: the equivalence runs leave it off

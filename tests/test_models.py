@@ -110,7 +110,7 @@ def test_argument_listings_cover_every_kind():
         assert "quantize_at" in model_arguments(kind) or kind == "vqvae"
     for kind in QUANTIZER_KINDS[:-1]:  # vqpytorch lists the peer's own arguments when it is installed
         assert quantizer_arguments(kind)
-    assert "affine_lr" in quantizer_arguments("grouped")  # forwarded to each group's VectorQuantizer
+    assert "alternating_lr" in quantizer_arguments("grouped")  # forwarded to each group's VectorQuantizer
 
 
 def test_vqvae_is_fully_convolutional_over_its_grid():

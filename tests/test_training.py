@@ -56,11 +56,11 @@ def tiny(steps: int = 20, *extra: str) -> Recipe:
 
 
 def test_recipe_round_trips_through_toml(tmp_path):
-    recipe = apply_overrides(load_recipe(), ["quantizer.affine=none", "quantizer.affine_lr=2.5", "optim.betas=[0.8, 0.9]"])
+    recipe = apply_overrides(load_recipe(), ['quantizer.codebook={kind="affine", lr=2.5}', "optim.betas=[0.8, 0.9]"])
     path = tmp_path / "r.toml"
     path.write_text(to_toml(recipe))
     assert load_recipe(path) == recipe
-    assert load_recipe(path).quantizer.args["affine"] is None
+    assert load_recipe(path).quantizer.args["codebook"] == {"kind": "affine", "lr": 2.5}
 
 
 def test_every_preset_is_valid():
@@ -74,11 +74,11 @@ def test_every_preset_is_valid():
 def test_overrides_are_typed_and_nested():
     r = apply_overrides(load_recipe(), [
         "steps=20", "optim.lr=3e-4", "bf16=true", "quantizer.codebook_size=512", "quantizer.sync_nu=0.5",
-        "quantizer.kmeans_init=false", "quantizer.affine=none", "model.latent_dim=8", "data.dataset=digits",
+        "quantizer.kmeans_init=false", "quantizer.codebook=plain", "model.latent_dim=8", "data.dataset=digits",
         "quantizer.loss_weight=5"])
     assert r.steps == 20 and isinstance(r.steps, int)
     assert r.optim.lr == 3e-4 and r.bf16 is True and r.quantizer.loss_weight == 5.0
-    assert r.quantizer.args == {"codebook_size": 512, "sync_nu": 0.5, "kmeans_init": False, "affine": None}
+    assert r.quantizer.args == {"codebook_size": 512, "sync_nu": 0.5, "kmeans_init": False, "codebook": "plain"}
     assert r.model.args["latent_dim"] == 8
 
 

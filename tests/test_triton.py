@@ -61,6 +61,15 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
                     assert (idx == ref.indices).float().mean() > 0.98
                     torch.testing.assert_close(dist, ref.distances, atol=1e-3, rtol=1e-4)
                     checked += 1
+    # a large shared offset (spread 1): the centered kernel picks the fp64 brute-force nearest code
+    for offset in (1e3, 1e4):
+        x = torch.randn(300, 16, generator=g) + offset
+        codes = torch.randn(128, 16, generator=g) + offset
+        idx, dist = triton_nearest_code(x, codes, splits=2)
+        ref = torch.cdist(x.double(), codes.double()).pow(2)
+        rows = torch.arange(300)
+        assert bool(((ref[rows, idx] - ref.min(1).values) <= 1e-3 * ref.min(1).values).all()), offset
+        torch.testing.assert_close(dist.double(), ref.min(1).values, atol=offset * 1e-4, rtol=1e-3)
     # ties: lowest index, within a tile, across tiles and across splits
     codes = torch.randn(700, 8, generator=g) * 10
     for i in (650, 300, 70, 65):
@@ -102,6 +111,23 @@ def test_cuda_kernel_matches_torch_path(dtype, n, k, d, metric):
     assert (res.indices == ref.indices).float().mean() > 0.99
     assert _gap_ok(x.float(), codes.float(), res.indices, ref.indices, metric, 1e-5)
     torch.testing.assert_close(res.distances, ref.distances, atol=1e-2, rtol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA device and triton")
+@pytest.mark.parametrize("offset", [1e2, 1e3, 1e4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_kernel_exact_at_large_offsets(offset, dtype):
+    from vqkit.kernels.triton_search import triton_nearest_code
+
+    g = torch.Generator(device="cuda").manual_seed(int(offset))
+    x = (torch.randn(2000, 16, device="cuda", generator=g) + offset).to(dtype)
+    codes = (torch.randn(128, 16, device="cuda", generator=g) + offset).to(dtype)
+    idx, dist = triton_nearest_code(x, codes)
+    ref = torch.cdist(x.double(), codes.double()).pow(2)
+    rows = torch.arange(2000, device="cuda")
+    best = ref.min(1).values
+    assert bool(((ref[rows, idx] - best) <= 1e-3 * best.clamp_min(1e-3)).all())
 
 
 @pytest.mark.cuda

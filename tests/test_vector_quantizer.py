@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from vqkit import PLAIN_STE, VectorQuantizer
+from vqkit.codebooks import EMA, Affine, EMACodebook
 from vqkit.codebooks import assignment_sums
 from vqkit.losses import masked_mse
 
@@ -41,12 +42,12 @@ def test_output_contract_and_unpacking():
     [
         {},
         dict(PLAIN_STE),
-        dict(affine="running"),
+        dict(codebook="running_affine"),
         dict(metric="cosine"),
         dict(codebook_dim=4),
-        dict(PLAIN_STE, ema_decay=0.9, kmeans_init=True),
+        dict(PLAIN_STE, codebook=EMA(0.9), kmeans_init=True),
         dict(estimator="rotation"),
-        dict(affine_groups=4),
+        dict(codebook=Affine(groups=4)),
     ],
 )
 def test_decode_equals_forward_in_train_and_eval(kw):
@@ -55,7 +56,9 @@ def test_decode_equals_forward_in_train_and_eval(kw):
     x = torch.randn(64, 8)
     for _ in range(3):
         out = vq(x)  # training: maintenance + alternating steps happen before the output is formed
-    if vq.ema_decay is None:  # an EMA codebook is updated after it produced the output (VQ-VAE-2 order)
+    # a training call's output is the codebook it used; the EMA codebook folds the call's statistics in
+    # afterwards (VQ-VAE-2 order), so decode shows the updated codes
+    if not isinstance(vq.codes, EMACodebook):
         torch.testing.assert_close(out.quantized, vq.decode(out.indices), rtol=0, atol=1e-6)
     vq.eval()
     out = vq(x)
@@ -83,7 +86,7 @@ def test_channel_dim_matches_channel_last():
 
 def test_state_dict_round_trip_reproduces_outputs():
     torch.manual_seed(0)
-    vq = VectorQuantizer(8, 32, affine="running", dead_code_steps=2)
+    vq = VectorQuantizer(8, 32, codebook="running_affine", dead_code_steps=2)
     opt = torch.optim.SGD(vq.parameters(), lr=0.1)
     for _ in range(5):
         out = vq(torch.randn(128, 8) * 3 + 1)
@@ -92,7 +95,7 @@ def test_state_dict_round_trip_reproduces_outputs():
         opt.step()
     vq.eval()
     x = torch.randn(50, 8)
-    clone = VectorQuantizer(8, 32, affine="running", dead_code_steps=2)
+    clone = VectorQuantizer(8, 32, codebook="running_affine", dead_code_steps=2)
     clone.load_state_dict(vq.state_dict())
     clone.eval()
     a, b = vq(x), clone(x)
@@ -147,7 +150,7 @@ def test_loss_weights_give_exactly_the_two_terms():
 @pytest.mark.parametrize("groups", [1, 4])
 def test_affine_gradients_are_dense_and_scaled(groups):
     a = 3.0
-    vq = make(k=16, affine="learned", affine_lr=a, affine_groups=groups, sync_nu=1.0)
+    vq = make(k=16, codebook=Affine(lr=a, groups=groups), sync_nu=1.0)
     with torch.no_grad():
         vq.codes.scale.normal_()
         vq.codes.shift.normal_()
@@ -199,9 +202,9 @@ def codebook_loss(vq, z, indices):
     return masked_mse(z, vq.effective_codes().detach()[indices]).item()
 
 
-@pytest.mark.parametrize("affine", [None, "learned", "running"])
-def test_alternating_step_lowers_codebook_loss(affine):
-    vq = make(affine=affine, affine_lr=2.0)
+@pytest.mark.parametrize("codebook", ["plain", Affine(lr=2.0), "running_affine"])
+def test_alternating_step_lowers_codebook_loss(codebook):
+    vq = make(codebook=codebook)
     z = torch.randn(256, 8) * 2 + 3  # far from the N(0, 1) codebook
     indices = vq.search(z, vq.effective_codes()).indices
     before = codebook_loss(vq, z, indices)
@@ -248,7 +251,7 @@ def test_alternating_step_matches_the_effective_space_formula(kind):
 
 
 def test_alternating_output_uses_updated_codebook():
-    vq = make(affine="learned", alternating_steps=2, alternating_lr=1.0, alternating_reassign=True)
+    vq = make(codebook="affine", alternating_steps=2, alternating_lr=1.0, alternating_reassign=True)
     z = torch.randn(256, 8) * 2 + 3
     before = codebook_loss(vq, z, vq.search(z, vq.effective_codes()).indices)
     out = vq(z)
@@ -264,7 +267,8 @@ def test_kmeans_init_places_codes_on_data(affine):
     torch.manual_seed(0)
     centers = torch.randn(4, 8) * 5
     z = (centers[:, None] + 0.01 * torch.randn(4, 100, 8)).reshape(-1, 8)
-    vq = VectorQuantizer(8, 4, **{**PLAIN_STE, "kmeans_init": True, "affine": affine, "affine_lr": 2.0})
+    codebook = {None: "plain", "learned": Affine(lr=2.0), "running": "running_affine"}[affine]
+    vq = VectorQuantizer(8, 4, **{**PLAIN_STE, "kmeans_init": True, "codebook": codebook})
     if affine == "learned":
         with torch.no_grad():  # a non-identity transform must be inverted when writing the codes
             vq.codes.scale.fill_(0.3)
@@ -282,7 +286,7 @@ def test_kmeans_init_places_codes_on_data(affine):
 
 @pytest.mark.parametrize("affine", [None, "learned"])
 def test_dead_code_is_reseeded_after_starving(affine):
-    vq = make(k=8, dead_code_steps=3, affine=affine, affine_lr=2.0)
+    vq = make(k=8, dead_code_steps=3, codebook=Affine(lr=2.0) if affine else "plain")
     with torch.no_grad():
         vq.codes.weight[7] = 100.0  # far away: never selected
         if affine:
@@ -320,25 +324,30 @@ def test_dead_code_threshold_recycles_rarely_used_codes():
 
 
 def test_ema_update_matches_hand_computation():
-    vq = VectorQuantizer(2, 2, **{**PLAIN_STE, "ema_decay": 0.5})
+    vq = VectorQuantizer(2, 2, **{**PLAIN_STE, "codebook": EMA(0.5)})
     with torch.no_grad():
         vq.codes.set_codes_(torch.arange(2), torch.tensor([[0.0, 0.0], [10.0, 10.0]]))
     z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [9.0, 9.0]])
     out = vq(z)
     assert out.indices.tolist() == [0, 0, 1]
+    torch.testing.assert_close(out.quantized, torch.tensor([[0.0, 0.0], [0.0, 0.0], [10.0, 10.0]]))
     # N = 0.5 * 1 + 0.5 * [2, 1] = [1.5, 1.0]; M = 0.5 * w + 0.5 * sums
     n = torch.tensor([1.5, 1.0])
     m = 0.5 * torch.tensor([[0.0, 0.0], [10.0, 10.0]]) + 0.5 * torch.tensor([[1.0, 1.0], [9.0, 9.0]])
     eps = vq.codes.eps
     smoothed = (n + eps) / (n.sum() + 2 * eps) * n.sum()
+    torch.testing.assert_close(vq.codebook, m / smoothed[:, None])  # the update is visible at once ...
+    assert vq.codes.pending == 1.0  # ... and folded into the buffers by the next training call
+    vq.codes.commit_()
     torch.testing.assert_close(vq.codes.cluster_size, n)
     torch.testing.assert_close(vq.codes.embed_sum, m)
     torch.testing.assert_close(vq.codes.weight, m / smoothed[:, None])
+    assert vq.codes.pending == 0.0
     assert not any(p.requires_grad for p in vq.codes.parameters())
 
 
 def test_running_affine_matches_embedding_moments():
-    vq = make(affine="running")
+    vq = make(codebook="running_affine")
     z = torch.randn(1000, 8) * torch.linspace(0.5, 3, 8) + torch.linspace(-2, 2, 8)
     vq(z)  # the first update copies the batch moments
     c = vq.codebook
@@ -361,7 +370,7 @@ def test_masked_positions_affect_nothing():
     mask[:, 6:] = False
     x_other = x.clone()
     x_other[~mask] = 1000.0  # garbage in the padding
-    kw = dict(affine="running", dead_code_steps=1)
+    kw = dict(codebook="running_affine", dead_code_steps=1)
     a, b = VectorQuantizer(8, 16, **kw), VectorQuantizer(8, 16, **kw)
     b.load_state_dict(a.state_dict())
     for step in range(3):
@@ -387,13 +396,19 @@ def test_masked_positions_affect_nothing():
     [
         (dict(codebook_size=0), ValueError, "codebook_size"),
         (dict(metric="l1"), ValueError, "metric"),
-        (dict(affine="linear"), ValueError, "affine"),
+        (dict(codebook="linear"), ValueError, "codebook"),
         (dict(estimator="gumbel"), ValueError, "estimator"),
-        (dict(affine_groups=3), ValueError, "affine_groups"),
+        (dict(codebook=Affine(groups=3)), ValueError, "codebook: groups"),
         (dict(alternating_lr=2.0), ValueError, "alternating_lr"),
         (dict(sync_nu=-1.0), ValueError, "sync_nu"),
-        (dict(ema_decay=0.99), ValueError, "ema_decay.*affine=None"),
-        (dict(ema_decay=1.5, affine=None, sync_nu=0.0, alternating_steps=0), ValueError, "ema_decay"),
+        (dict(codebook="ema", sync_nu=1.0), ValueError, "codebook: an 'ema' codebook.*sync_nu=1.0"),
+        (dict(codebook="ema", alternating_steps=1), ValueError, "alternating_steps=1"),
+        (dict(alternating_steps=0, alternating_lr=0.5), ValueError, "alternating_lr: only used with"),
+        (dict(kmeans_init=False, kmeans_iters=3), ValueError, "kmeans_iters: only used with"),
+        (dict(sync_nu=float("nan")), ValueError, "sync_nu: expected a finite float"),
+        (dict(commitment_weight=float("inf")), ValueError, "commitment_weight"),
+        (dict(dead_code_threshold=float("inf")), ValueError, "dead_code_threshold"),
+        (dict(kmeans_init=1), TypeError, "kmeans_init: expected True or False"),
     ],
 )
 def test_bad_construction_is_named(kwargs, exc, pattern):

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rungs", nargs="+", help="subset of rungs (default: all; peer only if installed)")
     p.add_argument("--fix", dest="fixes", action="append", default=[], metavar="KEY=VALUE",
-                   help="explicit VectorQuantizer argument for the vqkit rungs using that fix, e.g. --fix affine_lr=2")
+                   help="explicit VectorQuantizer argument for the vqkit rungs using that fix, e.g. --fix alternating_lr=0.5")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the base recipe")
     p.add_argument("--out", help="output directory (default: runs/ablate-<timestamp>)")

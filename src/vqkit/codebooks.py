@@ -1,28 +1,59 @@
 """Codebook parameterizations: how the *effective* code vectors c_k are made from stored weights.
 
-Every codebook maps raw weights ``w`` (K x D) to effective codes ``c`` (K x D) with ``forward()``,
-and can write effective values back (``set_codes_``) by inverting its transform, so that k-means
+A parameterization is chosen with a small **spec** (a frozen dataclass that validates its own fields) or
+its name, e.g. ``VectorQuantizer(dim, K, codebook="affine")`` or ``codebook=EMA(decay=0.8)``:
+
+==================== ==================================================================================
+``"plain"``/Plain()  ``c_k = w_k``, learned by gradient.
+``"affine"``/Affine  ``c_k = (1 + a * s_g) * w_k + a * b_g``: shared, zero-initialized ``s, b`` per group of
+                     codes g with learning-rate multiplier ``a`` (Huh et al. 2023). Every step moves every
+                     code, used or not.
+``"running_affine"`` ``c_k = scale_g * w_k + shift_g`` with ``scale = sqrt(Var[z] / Var[w])``,
+/RunningAffine       ``shift = E[z] - scale * E[w]`` from EMA moments of the embeddings and of the weights.
+``"ema"``/EMA        ``c_k = M_k / N_k``: EMA cluster sums and counts (VQ-VAE-2, SoundStream), no gradient.
+==================== ==================================================================================
+
+Each spec builds a :class:`Codebook` module, which maps raw weights to effective codes (``forward``) and
+writes effective values back (``replace_codes_``, ``set_codes_``) by inverting its transform, so k-means
 init, dead-code replacement and alternating steps all work in the effective space the search sees.
 
-* :class:`Codebook`: ``c_k = w_k`` (learned by gradient).
-* :class:`AffineCodebook`: ``c_k = (1 + a * s_g) * w_k + a * b_g`` with shared, zero-initialized
-  ``s, b`` per group of codes g and learning-rate multiplier ``a`` (Huh et al. 2023).
-* :class:`RunningAffineCodebook`: ``c_k = scale * w_k + shift`` with ``scale = sqrt(Var[z] / Var[w])``,
-  ``shift = E[z] - scale * E[w]`` from EMA moments of the embeddings z and of the weights.
-* :class:`EMACodebook`: ``c_k = w_k`` with ``w`` a buffer set to EMA cluster means (VQ-VAE-2 style).
+Two rules keep every call's gradients exact whatever happens to the codebook afterwards:
 
-Statistics that depend on data (running moments, EMA sums, code counts) are all-reduced through
-:mod:`vqkit.distributed`, so every rank holds the same codebook.
+* ``forward()`` with gradients enabled reads the parameters through a copy (a *snapshot*): autograd saves
+  the copy, never the parameter, so maintenance may rewrite the parameters in place before the backward of
+  an earlier call (the same quantizer called twice per step, shared residual levels).
+* The EMA codebook folds a batch's statistics in at the start of the *next* training call
+  (``commit_``), so the codes a call used are still in place when activation checkpointing recomputes it;
+  ``forward()`` outside training shows the codebook with the pending statistics folded in.
+
+Data-dependent statistics (running moments, EMA sums, code counts) are all-reduced through
+:mod:`vqkit.distributed`, so every rank holds the same codebook. Statistics buffers stay in at least fp32
+when the module is cast to fp16/bf16 (an EMA with decay 0.99 cannot move a bf16 number).
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from . import distributed as dist_utils
+from .dtypes import accumulation_dtype
+from .validation import check_float, check_int
 
 __all__ = [
+    "CodebookSpec",
+    "Plain",
+    "Affine",
+    "RunningAffine",
+    "EMA",
+    "CODEBOOK_KINDS",
+    "codebook_spec",
+    "spec_to_dict",
     "Codebook",
     "AffineCodebook",
     "RunningAffineCodebook",
@@ -35,66 +66,243 @@ def assignment_sums(z: Tensor, indices: Tensor, weight: Tensor | None, size: int
     """Per-code assignment counts and embedding sums, summed over ranks.
 
     Args:
-        z: ``(N, D)`` embeddings (detached).
-        indices: ``(N,)`` int64 assigned codes.
+        z: ``(N, D)`` embeddings (detached; rows with weight 0 must be finite, e.g. zeroed).
+        indices: ``(N,)`` int64 assigned codes in ``[0, size)``.
         weight: optional ``(N,)`` float weights (0 for masked positions).
         size: K.
     Returns:
-        ``counts (K,)`` and ``sums (K, D)``, fp32.
+        ``counts (K,)`` and ``sums (K, D)`` in at least fp32.
     """
-    z = z.float()
+    acc = accumulation_dtype(z)
+    z = z.to(acc)
     if weight is not None:
-        z = z * weight[:, None]
-        w = weight
+        w = weight.to(acc)
+        z = z * w[:, None]
     else:
-        w = torch.ones(z.shape[0], dtype=torch.float32, device=z.device)
-    counts = torch.zeros(size, dtype=torch.float32, device=z.device).index_add_(0, indices, w)
-    sums = torch.zeros(size, z.shape[1], dtype=torch.float32, device=z.device).index_add_(0, indices, z)
+        w = torch.ones(z.shape[0], dtype=acc, device=z.device)
+    counts = torch.zeros(size, dtype=acc, device=z.device).index_add_(0, indices, w)
+    sums = torch.zeros(size, z.shape[1], dtype=acc, device=z.device).index_add_(0, indices, z)
     dist_utils.all_reduce_sum_(counts, sums)
     return counts, sums
 
 
-class Codebook(nn.Module):
+def _snapshot(p: Tensor) -> Tensor:
+    """``p`` as this call uses it: a differentiable copy when autograd records, else ``p`` itself."""
+    return p.clone() if p.requires_grad and torch.is_grad_enabled() else p
+
+
+# ----------------------------------------------------------------------------------------------
+# specs
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CodebookSpec:
+    """Base of the codebook specs: ``build(size, dim)`` makes the :class:`Codebook` module."""
+
+    kind: ClassVar[str] = ""
+    #: False for codebooks not trained by gradient (EMA): no sync update, no alternating steps.
+    learns_by_gradient: ClassVar[bool] = True
+
+    def build(self, size: int, dim: int) -> Codebook:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def fields(self) -> dict[str, object]:
+        """The spec's fields as a dict (for logs and tables)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def describe(self) -> str:
+        """``kind(field=value, ...)``."""
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.fields().items())
+        return f"{self.kind}({inner})" if inner else self.kind
+
+
+@dataclass(frozen=True)
+class Plain(CodebookSpec):
+    """``c_k = w_k``, learned by gradient."""
+
+    kind: ClassVar[str] = "plain"
+
+    def build(self, size: int, dim: int) -> Codebook:
+        return Codebook(size, dim)
+
+
+@dataclass(frozen=True)
+class Affine(CodebookSpec):
+    """Learned affine re-parameterization ``c_k = (1 + lr * s_g) * w_k + lr * b_g``.
+
+    Args:
+        lr: learning-rate multiplier ``a`` of the shared scale / shift (> 0).
+        groups: contiguous groups of codes with their own scale / shift (must divide K).
+    """
+
+    kind: ClassVar[str] = "affine"
+    lr: float = 10.0
+    groups: int = 1
+
+    def __post_init__(self) -> None:
+        check_float("Affine.lr", self.lr, low=0.0, low_open=True)
+        check_int("Affine.groups", self.groups, minimum=1)
+
+    def build(self, size: int, dim: int) -> Codebook:
+        return AffineCodebook(size, dim, self.groups, self.lr)
+
+
+@dataclass(frozen=True)
+class RunningAffine(CodebookSpec):
+    """Affine transform from running moments of the embeddings and the weights.
+
+    Args:
+        momentum: EMA momentum of the moments, in ``(0, 1]``.
+        groups: contiguous groups of codes with their own transform (must divide K).
+    """
+
+    kind: ClassVar[str] = "running_affine"
+    momentum: float = 0.1
+    groups: int = 1
+
+    def __post_init__(self) -> None:
+        check_float("RunningAffine.momentum", self.momentum, low=0.0, high=1.0, low_open=True)
+        check_int("RunningAffine.groups", self.groups, minimum=1)
+
+    def build(self, size: int, dim: int) -> Codebook:
+        return RunningAffineCodebook(size, dim, self.groups, self.momentum)
+
+
+@dataclass(frozen=True)
+class EMA(CodebookSpec):
+    """EMA codebook: cluster counts and sums averaged with ``decay``; no gradient reaches the codes.
+
+    Args:
+        decay: in ``(0, 1)``; 0.99 in VQ-VAE-2 / EnCodec, 0.8 in vector-quantize-pytorch.
+        eps: Laplace smoothing of the counts (> 0).
+    """
+
+    kind: ClassVar[str] = "ema"
+    learns_by_gradient: ClassVar[bool] = False
+    decay: float = 0.99
+    eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        check_float("EMA.decay", self.decay, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_float("EMA.eps", self.eps, low=0.0, low_open=True)
+
+    def build(self, size: int, dim: int) -> Codebook:
+        return EMACodebook(size, dim, self.decay, self.eps)
+
+
+#: name -> spec class, for ``codebook="name"``.
+CODEBOOK_KINDS: dict[str, type[CodebookSpec]] = {
+    cls.kind: cls for cls in (Plain, Affine, RunningAffine, EMA)
+}
+
+
+def codebook_spec(value: str | CodebookSpec | Mapping[str, object]) -> CodebookSpec:
+    """A spec from a spec, a name (``"plain"``, ``"affine"``, ``"running_affine"``, ``"ema"``) or a mapping
+    ``{"kind": name, **fields}`` (the form recipes and TOML files use, e.g. ``{kind = "ema", decay = 0.8}``)."""
+    if isinstance(value, CodebookSpec):
+        return value
+    if isinstance(value, str) and value in CODEBOOK_KINDS:
+        return CODEBOOK_KINDS[value]()
+    if isinstance(value, Mapping) and value.get("kind") in CODEBOOK_KINDS:
+        cls = CODEBOOK_KINDS[value["kind"]]
+        fields = {k: v for k, v in value.items() if k != "kind"}
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in fields if k not in valid]
+        if unknown:
+            raise ValueError(f"codebook: unknown field(s) {', '.join(unknown)} for kind {value['kind']!r}; "
+                             f"valid: {', '.join(valid) or 'none'}")
+        return cls(**fields)
+    raise ValueError(
+        f"codebook: expected one of {tuple(CODEBOOK_KINDS)}, a spec such as vqkit.codebooks.Affine(lr=10), or "
+        f"a mapping {{'kind': name, **fields}}, got {value!r}"
+    )
+
+
+def spec_to_dict(spec: CodebookSpec) -> dict[str, object]:
+    """``{"kind": name, **fields}``: the inverse of :func:`codebook_spec` for recipes and tables."""
+    return {"kind": spec.kind, **spec.fields()}
+
+
+# ----------------------------------------------------------------------------------------------
+# modules
+# ----------------------------------------------------------------------------------------------
+
+
+class _FP32Statistics(nn.Module):
+    """Keeps the floating buffers named in ``_statistics`` in at least fp32 through ``.to()`` / ``.half()``."""
+
+    _statistics: tuple[str, ...] = ()
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        for name in self._statistics:
+            buf = self._buffers.get(name)
+            if buf is not None and buf.is_floating_point() and buf.dtype not in (torch.float32, torch.float64):
+                self._buffers[name] = buf.float()
+        return self
+
+
+class Codebook(_FP32Statistics):
     """Plain codebook, ``c_k = w_k``.
 
     Args:
         size: number of codes K.
         dim: code dimension D.
-        groups: number of contiguous code groups (only affine variants use it).
+        groups: number of contiguous code groups (only the affine variants use it; must divide K).
     """
-
-    trainable = True
 
     def __init__(self, size: int, dim: int, groups: int = 1) -> None:
         super().__init__()
         if size % groups != 0:
-            raise ValueError(f"affine_groups: expected a divisor of codebook_size={size}, got {groups}")
+            raise ValueError(f"groups: expected a divisor of codebook_size={size}, got {groups}")
         self.size, self.dim, self.groups = size, dim, groups
         self.weight = nn.Parameter(torch.randn(size, dim))
 
-    def forward(self) -> Tensor:
-        """Effective codes ``(K, D)``."""
-        return self.weight
+    def forward(self, committed: bool = False) -> Tensor:
+        """Effective codes ``(K, D)``, differentiable w.r.t. the parameters (through a snapshot).
+
+        ``committed`` only matters for codebooks with deferred updates (EMA): True gives the codes
+        without the pending statistics (what a training call searches and outputs).
+        """
+        return _snapshot(self.weight)
 
     def affine_map(self) -> tuple[Tensor, Tensor] | None:
-        """Detached ``(alpha, beta)``, each ``(G, D)``, with ``c = alpha * w + beta``; None = identity."""
+        """Detached ``(alpha, beta)``, each ``(G, D)`` in >= fp32, with ``c = alpha * w + beta``; None = identity."""
         return None
 
-    def to_raw(self, values: Tensor, indices: Tensor) -> Tensor:
-        """Raw weights that produce effective ``values (n, D)`` for codes ``indices (n,)``."""
+    def to_raw(self, values: Tensor, groups: Tensor | None = None) -> Tensor:
+        """Raw weights that produce effective ``values (n, D)``; ``groups (n,)`` are the codes' groups
+        (default: ``values`` holds all K codes in order)."""
         m = self.affine_map()
         if m is None:
             return values
-        g = self.group_of(indices)
-        return (values - m[1][g]) / m[0][g]
+        alpha, beta = m
+        if groups is None:
+            v = values.view(self.groups, -1, self.dim)
+            return ((v - beta[:, None]) / alpha[:, None]).reshape(values.shape)
+        return (values - beta[groups]) / alpha[groups]
 
     @torch.no_grad()
     def set_codes_(self, indices: Tensor, values: Tensor) -> None:
         """Make the effective codes ``indices (n,)`` equal ``values (n, D)``."""
-        self.weight[indices] = self.to_raw(values.float(), indices).to(self.weight.dtype)
+        acc = accumulation_dtype(self.weight)
+        raw = self.to_raw(values.to(acc), self.group_of(indices))
+        self.weight[indices] = raw.to(self.weight.dtype)
+
+    @torch.no_grad()
+    def replace_codes_(self, which: Tensor, values: Tensor) -> None:
+        """Shape-static: effective code k becomes ``values[k]`` where ``which[k]`` (``(K,)`` bool,
+        ``values`` ``(K, D)``); the others keep bit-identical weights."""
+        acc = accumulation_dtype(self.weight)
+        raw = self.to_raw(values.to(acc)).to(self.weight.dtype)
+        self.weight.copy_(torch.where(which[:, None], raw, self.weight))
 
     def update_statistics_(self, z: Tensor, weight: Tensor | None) -> None:
         """Hook for data-dependent transforms (running affine). ``z (N, D)`` detached."""
+
+    def commit_(self) -> None:
+        """Hook for deferred updates (EMA): fold what the previous training call recorded."""
 
     @torch.no_grad()
     def alternating_step_(self, counts: Tensor, sums: Tensor, lr: float) -> None:
@@ -107,8 +315,8 @@ class Codebook(nn.Module):
         Shape-static (no host sync), so it traces under ``torch.compile``.
 
         Args:
-            counts: ``(K,)`` assignment counts; sums: ``(K, D)`` fp32 assigned-embedding sums, **consumed**
-                (overwritten with the raw-space targets).
+            counts: ``(K,)`` assignment counts; sums: ``(K, D)`` assigned-embedding sums (>= fp32),
+                **consumed** (overwritten with the raw-space targets).
             lr: step size in ``(0, 1]``.
         """
         target = sums.div_(counts.clamp_min(1.0)[:, None])
@@ -135,23 +343,21 @@ class AffineCodebook(Codebook):
 
     def __init__(self, size: int, dim: int, groups: int = 1, affine_lr: float = 1.0) -> None:
         super().__init__(size, dim, groups)
-        if not affine_lr > 0:
-            raise ValueError(f"affine_lr: expected a positive float, got {affine_lr}")
-        self.affine_lr = float(affine_lr)
+        self.affine_lr = float(check_float("Affine.lr", affine_lr, low=0.0, low_open=True))
         self.scale = nn.Parameter(torch.zeros(groups, dim))
         self.shift = nn.Parameter(torch.zeros(groups, dim))
 
-    def transform(self) -> tuple[Tensor, Tensor]:
-        """``(alpha, beta)``, each ``(G, D)``, with ``c = alpha * w + beta``."""
-        return 1.0 + self.affine_lr * self.scale, self.affine_lr * self.shift
+    def _transform(self, scale: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+        return 1.0 + self.affine_lr * scale, self.affine_lr * shift
 
-    def forward(self) -> Tensor:
-        alpha, beta = self.transform()
-        w = self.weight.view(self.groups, self.size // self.groups, self.dim)
+    def forward(self, committed: bool = False) -> Tensor:
+        alpha, beta = self._transform(_snapshot(self.scale), _snapshot(self.shift))
+        w = _snapshot(self.weight).view(self.groups, self.size // self.groups, self.dim)
         return torch.addcmul(beta[:, None], w, alpha[:, None]).reshape(self.size, self.dim)
 
     def affine_map(self) -> tuple[Tensor, Tensor]:
-        alpha, beta = (t.detach().float() for t in self.transform())
+        acc = accumulation_dtype(self.weight)
+        alpha, beta = (t.detach().to(acc) for t in self._transform(self.scale, self.shift))
         alpha = torch.where(alpha.abs() < 1e-6, torch.where(alpha < 0, -1e-6, 1e-6), alpha)  # finite inverse
         return alpha, beta
 
@@ -167,14 +373,15 @@ class AffineCodebook(Codebook):
         which pulls the unused codes into the mean and costs codebook usage (measured on digits).
         """
         g, d = self.groups, self.dim
-        alpha, beta = (t.detach().float() for t in self.transform())
+        acc = sums.dtype
+        alpha, beta = (t.detach().to(acc) for t in self._transform(self.scale, self.shift))
         # sum over the group's assigned pairs of z_i - c_{k_i} = sum_k sums_k - alpha * sum_k n_k w_k - n beta,
         # formed from (G, D) reductions: no (K, D) temporary
         n = counts.view(g, 1, -1)
-        weighted_w = torch.bmm(n, self.weight.detach().float().view(g, -1, d)).squeeze(1)
+        weighted_w = torch.bmm(n, self.weight.detach().to(acc).view(g, -1, d)).squeeze(1)
         total = n.sum(-1)
         residual = (sums.view(g, -1, d).sum(1) - alpha * weighted_w - total * beta) / total.clamp_min(1.0)
-        self.shift.add_(residual, alpha=lr / self.affine_lr)
+        self.shift.add_((residual * (lr / self.affine_lr)).to(self.shift.dtype))
         super().alternating_step_(counts, sums, lr)
 
 
@@ -187,50 +394,52 @@ class RunningAffineCodebook(Codebook):
     Identity until the first update.
     """
 
+    _statistics = ("z_mean", "z_var", "w_mean", "w_var")
+
     def __init__(self, size: int, dim: int, groups: int = 1, momentum: float = 0.1) -> None:
         super().__init__(size, dim, groups)
-        if not 0 < momentum <= 1:
-            raise ValueError(f"affine_momentum: expected a float in (0, 1], got {momentum}")
-        self.momentum = float(momentum)
+        self.momentum = float(check_float("RunningAffine.momentum", momentum, low=0.0, high=1.0, low_open=True))
         self.register_buffer("z_mean", torch.zeros(dim))
         self.register_buffer("z_var", torch.ones(dim))
         self.register_buffer("w_mean", torch.zeros(groups, dim))
         self.register_buffer("w_var", torch.ones(groups, dim))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
 
-    def transform(self) -> tuple[Tensor, Tensor]:
+    def _transform(self) -> tuple[Tensor, Tensor]:
         scale = (self.z_var / (self.w_var + 1e-8)).sqrt()
         return scale, self.z_mean - scale * self.w_mean
 
-    def forward(self) -> Tensor:
-        scale, shift = self.transform()
-        w = self.weight.view(self.groups, self.size // self.groups, self.dim)
-        return torch.addcmul(shift[:, None], w, scale[:, None]).reshape(self.size, self.dim)
+    def forward(self, committed: bool = False) -> Tensor:
+        scale, shift = self._transform()
+        w = _snapshot(self.weight).view(self.groups, self.size // self.groups, self.dim)
+        return torch.addcmul(shift[:, None], w, scale[:, None]).reshape(self.size, self.dim).to(self.weight.dtype)
 
     def affine_map(self) -> tuple[Tensor, Tensor]:
-        scale, shift = self.transform()
+        scale, shift = self._transform()
         return scale.clamp_min(1e-12), shift
 
     @torch.no_grad()
     def update_statistics_(self, z: Tensor, weight: Tensor | None) -> None:
-        z = z.float()
+        acc = accumulation_dtype(z, self.z_mean)
+        z = z.to(acc)
         if weight is None:
-            weight = torch.ones(z.shape[0], dtype=torch.float32, device=z.device)
+            weight = torch.ones(z.shape[0], dtype=acc, device=z.device)
+        weight = weight.to(acc)
         moments = torch.stack([(z * weight[:, None]).sum(0), (z * z * weight[:, None]).sum(0)])
         count = weight.sum().reshape(1)
         dist_utils.all_reduce_sum_(moments, count)
-        w = self.weight.detach().float().view(self.groups, -1, self.dim)
+        w = self.weight.detach().to(acc).view(self.groups, -1, self.dim)
         w_mean, w_var = w.mean(1), w.var(1, unbiased=False)
         n = count.clamp_min(1.0)
         z_mean = moments[0] / n
         z_var = (moments[1] / n - z_mean**2).clamp_min(0.0)
         # first update copies, later ones are EMAs; a batch without valid rows leaves z moments alone
-        m = torch.where(self.num_updates == 0, 1.0, self.momentum)
+        m = torch.where(self.num_updates == 0, 1.0, self.momentum).to(acc)
         m_z = torch.where(count > 0, m, 0.0)
-        self.z_mean.lerp_(z_mean, m_z)
-        self.z_var.lerp_(z_var, m_z)
-        self.w_mean.lerp_(w_mean, m)
-        self.w_var.lerp_(w_var, m)
+        self.z_mean.lerp_(z_mean.to(self.z_mean.dtype), m_z.to(self.z_mean.dtype))
+        self.z_var.lerp_(z_var.to(self.z_var.dtype), m_z.to(self.z_var.dtype))
+        self.w_mean.lerp_(w_mean.to(self.w_mean.dtype), m.to(self.w_mean.dtype))
+        self.w_var.lerp_(w_var.to(self.w_var.dtype), m.to(self.w_var.dtype))
         self.num_updates.add_(1)
 
 
@@ -238,21 +447,55 @@ class EMACodebook(Codebook):
     """Codebook updated by exponential moving averages of cluster statistics, not by gradients.
 
     ``N_k <- d N_k + (1 - d) n_k``, ``M_k <- d M_k + (1 - d) sum_{i -> k} z_i``, ``w_k = M_k / N~_k`` with
-    Laplace-smoothed ``N~_k``; ``n_k`` and the sums are all-reduced over ranks.
+    Laplace-smoothed ``N~_k``; ``n_k`` and the sums are all-reduced over ranks. A training call records its
+    batch statistics (``record_``) and the next training call folds them in (``commit_``) before it
+    searches: the same sequence of codebooks as updating right after the output, but the codes a call
+    used stay in place until its backward (activation checkpointing recomputes with them). Outside
+    training, ``forward()`` returns the codes with the pending statistics folded in.
     """
 
-    trainable = False
+    _statistics = ("weight", "cluster_size", "embed_sum", "pending_counts", "pending_sums", "pending")
 
     def __init__(self, size: int, dim: int, decay: float, eps: float = 1e-5) -> None:
         super().__init__(size, dim, 1)
-        if not 0 < decay < 1:
-            raise ValueError(f"ema_decay: expected a float in (0, 1), got {decay}")
-        self.decay, self.eps = float(decay), float(eps)
+        self.decay = float(check_float("EMA.decay", decay, low=0.0, high=1.0, low_open=True, high_open=True))
+        self.eps = float(check_float("EMA.eps", eps, low=0.0, low_open=True))
         w = self.weight.detach().clone()
         del self.weight
         self.register_buffer("weight", w)
         self.register_buffer("cluster_size", torch.ones(size))
         self.register_buffer("embed_sum", w.clone())
+        self.register_buffer("pending_counts", torch.zeros(size))
+        self.register_buffer("pending_sums", torch.zeros(size, dim))
+        self.register_buffer("pending", torch.zeros(()))  # 1.0 while statistics wait to be folded in
+
+    def _folded(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(cluster_size, embed_sum, weight)`` with the pending statistics folded in (shape-static)."""
+        rate = (1.0 - self.decay) * self.pending
+        cluster = torch.lerp(self.cluster_size, self.pending_counts, rate)
+        embed = torch.lerp(self.embed_sum, self.pending_sums, rate)
+        total = cluster.sum()
+        smoothed = (cluster + self.eps) / (total + self.size * self.eps) * total
+        weight = embed / smoothed[:, None]
+        return cluster, embed, torch.where(self.pending > 0, weight, self.weight)
+
+    def forward(self, committed: bool = False) -> Tensor:
+        return self.weight if committed else self._folded()[2]
+
+    @torch.no_grad()
+    def commit_(self) -> None:
+        cluster, embed, weight = self._folded()
+        self.cluster_size.copy_(cluster)
+        self.embed_sum.copy_(embed)
+        self.weight.copy_(weight)
+        self.pending.zero_()
+
+    @torch.no_grad()
+    def record_(self, counts: Tensor, sums: Tensor) -> None:
+        """Keep one batch's (all-reduced) ``counts (K,)`` and ``sums (K, D)`` for the next ``commit_``."""
+        self.pending_counts.copy_(counts)
+        self.pending_sums.copy_(sums)
+        self.pending.fill_(1.0)
 
     @torch.no_grad()
     def set_codes_(self, indices: Tensor, values: Tensor) -> None:
@@ -262,10 +505,11 @@ class EMACodebook(Codebook):
         self.embed_sum[indices] = values
 
     @torch.no_grad()
-    def ema_update_(self, counts: Tensor, sums: Tensor) -> None:
-        """Fold one batch's (all-reduced) ``counts (K,)`` and ``sums (K, D)`` into the codebook."""
-        self.cluster_size.lerp_(counts, 1.0 - self.decay)
-        self.embed_sum.lerp_(sums, 1.0 - self.decay)
-        total = self.cluster_size.sum()
-        smoothed = (self.cluster_size + self.eps) / (total + self.size * self.eps) * total
-        self.weight.copy_(self.embed_sum / smoothed[:, None])
+    def replace_codes_(self, which: Tensor, values: Tensor) -> None:
+        values = values.to(self.weight.dtype)
+        self.weight.copy_(torch.where(which[:, None], values, self.weight))
+        self.cluster_size.copy_(torch.where(which, 1.0, self.cluster_size))
+        self.embed_sum.copy_(torch.where(which[:, None], values, self.embed_sum))
+
+    def alternating_step_(self, counts: Tensor, sums: Tensor, lr: float) -> None:  # pragma: no cover
+        raise RuntimeError("EMA codebooks take no alternating steps")

@@ -19,6 +19,7 @@ __all__ = [
     "all_reduce_sum_",
     "broadcast_",
     "all_gather_rows",
+    "all_gather_equal",
 ]
 
 
@@ -69,3 +70,13 @@ def all_gather_rows(x: Tensor) -> Tensor:
     gathered = [torch.empty_like(padded) for _ in range(ws)]
     dist.all_gather(gathered, padded.contiguous())
     return torch.cat([g[:s] for g, s in zip(gathered, sizes_l)], dim=0)
+
+
+def all_gather_equal(x: Tensor) -> Tensor:
+    """Stack the same-shaped ``x`` of every rank: ``(W, *x.shape)`` (``x[None]`` without a process group)."""
+    if not is_distributed():
+        return x[None]
+    ws = dist.get_world_size()
+    out = x.new_empty(ws * x.numel())
+    dist.all_gather_single(out, x.reshape(-1).contiguous())
+    return out.view(ws, *x.shape)

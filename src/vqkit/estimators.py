@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .losses import accumulation_dtype
+from .dtypes import accumulation_dtype
 
 __all__ = ["straight_through", "straight_through_with_loss", "rotation_trick", "ESTIMATORS"]
 

@@ -13,6 +13,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .dtypes import accumulation_dtype
+
 __all__ = ["VQLoss", "vq_loss", "masked_mse"]
 
 
@@ -22,14 +24,6 @@ class VQLoss(NamedTuple):
     total: Tensor
     commitment: Tensor
     codebook: Tensor
-
-
-def accumulation_dtype(*tensors: Tensor) -> torch.dtype:
-    """fp32 for half / bf16 / fp32 inputs, fp64 if any input is fp64."""
-    acc = torch.float32
-    for t in tensors:
-        acc = torch.promote_types(acc, t.dtype)
-    return acc
 
 
 def masked_mse(a: Tensor, b: Tensor, weight: Tensor | None = None) -> Tensor:

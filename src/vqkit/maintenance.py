@@ -1,8 +1,10 @@
-"""Data-dependent codebook maintenance: k-means++ init and dead-code re-seeding.
+"""Data-dependent codebook maintenance: k-means++ init and dead-code re-seeding candidates.
 
-Both run identically on every rank: embeddings are gathered from all ranks (``all_gather_rows``) and all
-random choices use a generator seeded from rank 0 (``shared_generator``), so no broadcast of the result
-is needed and every rank enters the same collectives in the same order.
+Both give the same result on every rank. k-means init (once, eager) gathers embeddings from all ranks
+(``all_gather_rows``) and draws with a generator seeded from rank 0 (``shared_generator``).
+Re-seeding runs every training step, so it is shape-static and free of host syncs (it compiles into
+the training graph): every rank draws a fixed number of candidates from its own valid rows with its own
+RNG, the candidates are all-gathered, and each slot takes a rank's candidate by a fixed rule.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import distributed as dist_utils
+from .dtypes import accumulation_dtype
 from .search import nearest_code
 
-__all__ = ["shared_generator", "kmeans_plusplus", "kmeans", "gather_embeddings", "sample_replacements"]
+__all__ = ["shared_generator", "kmeans_plusplus", "kmeans", "gather_embeddings", "replacement_candidates"]
 
 
 def shared_generator(device: torch.device) -> torch.Generator:
@@ -105,17 +108,44 @@ def kmeans(
     return centers
 
 
-def sample_replacements(pool: Tensor, n: int, generator: torch.Generator, noise: float = 0.01) -> Tensor:
-    """``n`` rows drawn from ``pool (M, D)`` (without replacement when possible) plus noise.
+def replacement_candidates(z: Tensor, weight: Tensor | None, count: int, noise: float = 0.01) -> tuple[Tensor, Tensor]:
+    """``count`` candidate codes drawn from the valid rows of ``z``, identical on every rank (shape-static).
 
-    The noise on each row ``z`` is ``noise * ||z|| * u / sqrt(D)`` with ``u ~ N(0, I)``: a perturbation of
-    about ``noise`` times the row's norm, so re-seeded codes near one embedding do not coincide.
+    Each rank draws ``count`` rows (with replacement) from its rows with ``weight > 0`` and adds noise of about
+    ``noise`` times the row's norm (``noise * ||z|| * u / sqrt(D)``, ``u ~ N(0, I)``), so codes re-seeded
+    near one embedding do not coincide. Under torch.distributed the candidates are all-gathered and slot
+    ``r`` takes the candidate of the first rank, in the order ``r % W, r % W + 1, ...``, whose batch had a
+    valid row: the result is the same everywhere and draws from every rank.
+
+    Args:
+        z: ``(N, D)`` detached embeddings (rows with weight 0 are never drawn).
+        weight: optional ``(N,)`` row weights (0 = masked).
+        count: number of candidates.
+        noise: relative noise scale.
+    Returns:
+        ``(count, D)`` candidates in >= fp32 and a bool scalar: True if any rank had a valid row.
     """
-    m, d = pool.shape
-    if m >= n:
-        pick = torch.randperm(m, generator=generator, device=pool.device)[:n]
+    n, d = z.shape
+    acc = accumulation_dtype(z)
+    if n == 0:
+        cand = z.new_zeros(count, d, dtype=acc)
+        ok = torch.zeros((), dtype=torch.bool, device=z.device)
     else:
-        pick = torch.randint(0, m, (n,), generator=generator, device=pool.device)
-    rows = pool[pick]
-    eps = torch.randn(rows.shape, generator=generator, device=pool.device) / math.sqrt(d)
-    return rows + noise * rows.norm(dim=-1, keepdim=True) * eps
+        # one sampler with and without weights, so a run draws the same whether padding is marked or not
+        valid = torch.ones(n, dtype=torch.bool, device=z.device) if weight is None else weight > 0
+        ok = valid.any()
+        probs = torch.where(ok, valid.to(acc), torch.ones(n, dtype=acc, device=z.device))
+        idx = torch.multinomial(probs, count, replacement=True)
+        rows = z[idx].to(acc)
+        eps = torch.randn(rows.shape, dtype=acc, device=z.device) / math.sqrt(d)
+        cand = rows + noise * rows.norm(dim=-1, keepdim=True) * eps
+    if not dist_utils.is_distributed():
+        return cand, ok
+    world = dist_utils.world_size()
+    all_cand = dist_utils.all_gather_equal(cand)  # (W, count, D)
+    all_ok = dist_utils.all_gather_equal(ok.reshape(1).to(acc)).reshape(world) > 0
+    slots = torch.arange(count, device=z.device)
+    order = (torch.arange(world, device=z.device)[None, :] - slots[:, None]) % world  # (count, W)
+    order = torch.where(all_ok[None, :], order, world)
+    src = order.argmin(1)
+    return all_cand[src, slots], all_ok.any()

@@ -2,9 +2,16 @@
 
 Squared euclidean distance is ``||x||^2 - 2 x.c + ||c||^2``. The ``||x||^2`` term does not change the
 argmin, so the search scores ``||c||^2 - 2 x.c`` and adds ``||x||^2`` to the per-row minimum at the end.
+Expanded like this the terms cancel catastrophically when the vectors share a large offset (embeddings
+around 1000 with spread 1: ``x.c`` ~ 1e6 in fp32 has an absolute error of ~0.1, larger than the gaps
+between codes). So every score is computed about the codebook mean ``m``: the codes are centered once
+(``c' = c - m``, the bias is ``||c'||^2``) and each chunk of queries is centered as it is copied into the
+reused matmul buffer (``x' = x - m``), which costs one pass over ``x`` next to the ``N x K x D`` matmul.
+The distance ``||x' - c'||^2`` equals ``||x - c||^2`` exactly in real arithmetic, and in floating point
+its error is relative to the spread of the data, not to its offset.
 Cosine distance is the squared euclidean distance between l2-normalized vectors, ``2 - 2 cos``; it is
-scored as ``-x^.c^`` (so both metrics are a minimum). All distances are computed in fp32 (autocast is
-disabled inside) whatever the input dtype: bf16 distances pick a different code for a large share of
+scored as ``-x^.c^`` (so both metrics are a minimum). All distances are computed in fp32 (fp64 for fp64 inputs; autocast
+is disabled inside) whatever the input dtype: bf16 distances pick a different code for a large share of
 tokens, and fp16 overflows once squared norms pass 65504.
 
 Two implementations, picked by :func:`nearest_code` (``backend="auto"``):
@@ -39,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .dtypes import accumulation_dtype
+
 __all__ = [
     "SearchResult",
     "SearchPlan",
@@ -46,6 +55,7 @@ __all__ = [
     "chunk_rows",
     "plan_search",
     "triton_available",
+    "search_center",
     "DEFAULT_MEMORY_BUDGET",
     "METRICS",
     "BACKENDS",
@@ -69,7 +79,8 @@ _AUGMENT_MAX_DIM = 16
 
 
 class SearchResult(NamedTuple):
-    """``indices``: int64 ``(...)``; ``distances``: fp32 ``(...)``, the distance to the chosen code."""
+    """``indices``: int64 ``(...)``; ``distances``: ``(...)`` fp32 (fp64 for fp64 inputs), the squared
+    distance to the chosen code."""
 
     indices: Tensor
     distances: Tensor
@@ -184,39 +195,45 @@ def _check(x: Tensor, codebook: Tensor, metric: str) -> None:
 
 
 def _torch_search(flat: Tensor, codes: Tensor, metric: str, plan: SearchPlan) -> tuple[Tensor, Tensor]:
-    """``flat (N, D)``, ``codes (K, D)`` fp32 -> int64 indices, fp32 distances (no autograd, fp32)."""
+    """``flat (N, D)``, ``codes (K, D)`` of one float dtype (fp32 or fp64) -> int64 indices, distances in
+    that dtype (no autograd)."""
     n, d = flat.shape
     k = codes.shape[0]
-    dev = flat.device
+    dev, dt = flat.device, flat.dtype
     rows, block, reduce, kp, augmented = plan
-    if metric == "cosine":
+    if metric == "cosine":  # unit vectors: nothing to cancel, no centering
         flat = F.normalize(flat, dim=-1)
         codes = F.normalize(codes, dim=-1)
-        scale, bias = -1.0, torch.zeros(k, dtype=torch.float32, device=dev)
+        center = None
+        scale, bias = -1.0, torch.zeros(k, dtype=dt, device=dev)
     else:
+        center = search_center(codes)
+        codes = codes - center
         scale, bias = -2.0, codes.pow(2).sum(1)
     if kp > k:  # padded codes score +inf and never win
         codes = torch.cat([codes, codes.new_zeros(kp - k, d)])
         bias = torch.cat([bias, bias.new_full((kp - k,), math.inf)])
     if augmented:
-        # one mm on [x, 1] . [scale * c, bias]^T: the bias costs no separate pass over the block
+        # one mm on [x', 1] . [scale * c', bias]^T: the bias costs no separate pass over the block
         weights = torch.cat([codes * scale, bias[:, None]], dim=1)
-        xbuf = torch.ones(rows, d + 1, dtype=torch.float32, device=dev)
+        xbuf = torch.ones(rows, d + 1, dtype=dt, device=dev)
     else:
         weights = codes
+        xbuf = torch.empty(rows, d, dtype=dt, device=dev) if center is not None else None
 
     indices = torch.empty(n, dtype=torch.int64, device=dev)
-    best = torch.empty(n, dtype=torch.float32, device=dev)
-    scores = torch.empty(rows * block, dtype=torch.float32, device=dev)
+    best = torch.empty(n, dtype=dt, device=dev)
+    sqnorm = torch.empty(n, dtype=dt, device=dev) if center is not None else None
+    scores = torch.empty(rows * block, dtype=dt, device=dev)
     if reduce:
         nb_max = block // reduce
-        block_min = torch.empty(rows * nb_max, dtype=torch.float32, device=dev)
+        block_min = torch.empty(rows * nb_max, dtype=dt, device=dev)
         which = torch.empty(rows, dtype=torch.int64, device=dev)
         offsets = torch.arange(rows, dtype=torch.int64, device=dev) * nb_max
-        cand = torch.empty(rows, reduce, dtype=torch.float32, device=dev)
+        cand = torch.empty(rows, reduce, dtype=dt, device=dev)
         within = torch.empty(rows, dtype=torch.int64, device=dev)
     if block < kp:
-        part_val = torch.empty(rows, dtype=torch.float32, device=dev)
+        part_val = torch.empty(rows, dtype=dt, device=dev)
         part_idx = torch.empty(rows, dtype=torch.int64, device=dev)
         better = torch.empty(rows, dtype=torch.bool, device=dev)
 
@@ -224,16 +241,27 @@ def _torch_search(flat: Tensor, codes: Tensor, metric: str, plan: SearchPlan) ->
         stop = min(start + rows, n)
         r = stop - start
         if augmented:
-            xb = xbuf[:r]
-            xb[:, :d].copy_(flat[start:stop])
+            xb = xbuf[:r, :d]
+            if center is None:
+                xb.copy_(flat[start:stop])
+            else:
+                torch.sub(flat[start:stop], center, out=xb)
+            lhs = xbuf[:r]
+        elif center is not None:
+            xb = lhs = xbuf[:r]
+            torch.sub(flat[start:stop], center, out=xb)
+        else:
+            lhs = flat[start:stop]
+        if sqnorm is not None:  # ||x'||^2 of the centered rows, while they are in cache
+            torch.linalg.vector_norm(xb, dim=1, out=sqnorm[start:stop]).square_()
         for k0 in range(0, kp, block):
             k1 = min(k0 + block, kp)
             w = k1 - k0
             sc = scores[: r * w].view(r, w)
             if augmented:
-                torch.mm(xb, weights[k0:k1].t(), out=sc)
+                torch.mm(lhs, weights[k0:k1].t(), out=sc)
             else:
-                torch.addmm(bias[k0:k1], flat[start:stop], weights[k0:k1].t(), beta=1.0, alpha=scale, out=sc)
+                torch.addmm(bias[k0:k1], lhs, weights[k0:k1].t(), beta=1.0, alpha=scale, out=sc)
             first = k0 == 0
             val = best[start:stop] if first else part_val[:r]
             idx = indices[start:stop] if first else part_idx[:r]
@@ -260,7 +288,7 @@ def _torch_search(flat: Tensor, codes: Tensor, metric: str, plan: SearchPlan) ->
     if metric == "cosine":
         distances = best.mul_(2.0).add_(2.0).clamp_min_(0.0)
     else:
-        distances = best.add_(torch.linalg.vector_norm(flat, dim=1).square_()).clamp_min_(0.0)
+        distances = best.add_(sqnorm).clamp_min_(0.0)
     return indices, distances
 
 
@@ -298,6 +326,24 @@ def _use_triton(x: Tensor, backend: str) -> bool:
     return x.device.type == "cuda" and triton_available()
 
 
+def search_center(codes: Tensor) -> Tensor:
+    """The point euclidean scores are computed about: the codebook mean ``(D,)``, rounded to a power-of-two
+    grid 64x finer than the codes' spread, in ``codes``' dtype.
+
+    The rounding keeps the centering exact for data on coarse grids (so exact ties stay exact ties and go
+    to the lowest index) while still removing the offset down to a fraction of the spread. A non-finite
+    codebook gives the zero center.
+    """
+    c = codes.detach().double()
+    mean = c.mean(0)
+    spread = (c - mean).abs().amax()
+    # sync-free: grid = 2^(floor(log2(spread)) - 6); spread 0 keeps the mean; non-finite -> 0
+    grid = torch.exp2(torch.floor(torch.log2(spread)) - 6.0)
+    rounded = torch.where(spread > 0, torch.round(mean / grid) * grid, mean)
+    ok = torch.isfinite(rounded).all()
+    return torch.where(ok, rounded, torch.zeros_like(rounded)).to(codes.dtype)
+
+
 def _search_flat(flat: Tensor, codes: Tensor, metric: str, backend: str, chunk_size: int | None,
                  code_chunk_size: int | None, memory_budget: int) -> tuple[Tensor, Tensor]:
     """Search on ``(N, D)`` rows of any floating dtype; no autograd, autocast off."""
@@ -305,8 +351,9 @@ def _search_flat(flat: Tensor, codes: Tensor, metric: str, backend: str, chunk_s
         from .kernels.triton_search import triton_nearest_code
 
         return triton_nearest_code(flat, codes, metric)
-    flat = flat.float().contiguous()
-    codes = codes.float().contiguous()
+    dt = accumulation_dtype(flat, codes)
+    flat = flat.to(dt).contiguous()
+    codes = codes.to(dt).contiguous()
     plan = plan_search(flat.shape[0], codes.shape[0], flat.shape[1], memory_budget, chunk_size, code_chunk_size)
     return _torch_search(flat, codes, metric, plan)
 
@@ -324,7 +371,7 @@ def _nearest_code_op(x: Tensor, codebook: Tensor, metric: str, backend: str, chu
 def _nearest_code_fake(x: Tensor, codebook: Tensor, metric: str, backend: str, chunk_size: int,
                        code_chunk_size: int, memory_budget: int) -> tuple[Tensor, Tensor]:
     n = x.shape[0]
-    return x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=torch.float32)
+    return x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=accumulation_dtype(x, codebook))
 
 
 def nearest_code(
@@ -350,7 +397,8 @@ def nearest_code(
         backend: ``"auto"`` (Triton on CUDA tensors when importable, torch elsewhere), ``"torch"`` or
             ``"triton"`` (CUDA, or CPU under ``TRITON_INTERPRET=1``).
     Returns:
-        :class:`SearchResult` with int64 ``indices`` ``(...)`` and fp32 ``distances`` ``(...)``.
+        :class:`SearchResult` with int64 ``indices`` ``(...)`` and ``distances`` ``(...)`` (fp32, or fp64
+        when ``x`` or ``codebook`` is fp64).
         Ties go to the lowest index, as with ``argmin``.
     """
     _check(x, codebook, metric)

@@ -20,7 +20,7 @@ __all__ = ["QUANTIZER_KINDS", "MODEL_KINDS", "DESCRIPTIONS", "PAPER_KWARGS", "PE
 
 #: vqkit with the paper's fixes: affine re-parameterization + synchronized update + alternating step, and
 #: k-means init + dead-code replacement (which run only in the warm-up: see DESCRIPTIONS).
-PAPER_KWARGS = dict(affine="learned", sync_nu=1.0, alternating_steps=1, kmeans_init=True, dead_code_steps=20)
+PAPER_KWARGS = dict(codebook="affine", sync_nu=1.0, alternating_steps=1, kmeans_init=True, dead_code_steps=20)
 PEER_KWARGS = {"peer_ema": {}, "peer_learnable": dict(learnable_codebook=True, ema_update=False)}
 
 QUANTIZER_KINDS = ("floor", "floor_chunked", "vqkit_plain", "vqkit_paper", "peer_ema", "peer_learnable")
@@ -32,7 +32,7 @@ DESCRIPTIONS = {
                      "into one reused buffer allocated outside the timing, forward only (rows tuned per shape among 1/4/16/64 "
                      "MiB blocks, at most N/2 rows)",
     "vqkit_plain": "`vqkit.VectorQuantizer(D, K, **PLAIN_STE)`: straight-through, no fixes; forward + backward",
-    "vqkit_paper": "`vqkit.VectorQuantizer(D, K, affine='learned', sync_nu=1.0, alternating_steps=1, "
+    "vqkit_paper": "`vqkit.VectorQuantizer(D, K, codebook='affine', sync_nu=1.0, alternating_steps=1, "
                    "kmeans_init=True, dead_code_steps=20)`; forward + backward. k-means init runs in the first "
                    "warm-up step only; dead-code replacement needs 20 steps without use, more steps than one "
                    "process runs, so it never fires (its per-step check does run)",

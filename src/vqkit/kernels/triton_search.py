@@ -1,7 +1,13 @@
 """Fused nearest-code search for CUDA: distance matmul + running argmin in one Triton kernel.
 
-Each program owns ``BLOCK_M`` query rows and walks a range of codes in tiles of ``BLOCK_N``: it computes
-the ``BLOCK_M x BLOCK_N`` tile of ``x . c`` with ``tl.dot`` (fp32 accumulation; fp32 inputs in IEEE
+Euclidean scores are computed about a center ``m`` (the codebook mean on a coarse power-of-two grid, see
+:func:`vqkit.search.search_center`): the codes are centered once on the host and each ``x`` tile is
+centered in registers as it is loaded (in fp32, then cast back to the tile's dtype for the dot), so
+embeddings that share a large offset do not cancel (bf16/fp16 tiles are centered only when the offset is
+larger than the spread: there, rounding the centered values back to 8 or 11 bits would cost more than
+it saves). Each program owns ``BLOCK_M`` query rows and walks
+a range of codes in tiles of ``BLOCK_N``: it computes the ``BLOCK_M x BLOCK_N`` tile of ``x' . c'`` with
+``tl.dot`` (fp32 accumulation; fp32 inputs in IEEE
 precision, never TF32, so the choice matches the fp32 torch path; bf16/fp16 inputs on tensor cores,
 whose products are exact in fp32), turns it into scores ``||c||^2 - 2 x.c`` (``-x^.c^`` for cosine),
 and folds the tile's row minima into a running ``(best, index)`` pair held in registers. The ``N x K``
@@ -28,6 +34,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..search import search_center
+
 __all__ = ["triton_nearest_code", "nearest_code_kernel", "AUTOTUNE_CONFIGS"]
 
 #: the block shapes the autotuner tries (BLOCK_N is a multiple of 64 so split boundaries align).
@@ -51,10 +59,11 @@ _SPLIT_ALIGN = 256
 
 @triton.jit
 def nearest_code_kernel(
-    x_ptr, c_ptr, bias_ptr, val_ptr, idx_ptr,
+    x_ptr, c_ptr, bias_ptr, m_ptr, val_ptr, idx_ptr,
     N, K, D, stride_x, stride_c, codes_per_split, n_splits,
     n_bucket,  # unused in the body: part of the autotune key so very different N retune
     SCALE: tl.constexpr,
+    CENTER: tl.constexpr,
     IEEE: tl.constexpr,
     UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -82,6 +91,11 @@ def nearest_code_kernel(
                          mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
             ct = tl.load(c_ptr + cols64[None, :] * stride_c + dims[:, None],
                          mask=col_ok[None, :] & dim_ok[:, None], other=0.0)
+            if CENTER:  # x' = x - m in fp32 (padding rows/dims stay 0 after the mask below)
+                mt = tl.load(m_ptr + dims, mask=dim_ok, other=0.0)
+                xc = xt.to(tl.float32) - mt[None, :]
+                xc = tl.where(row_ok[:, None] & dim_ok[None, :], xc, 0.0)
+                xt = xc.to(xt.dtype)
             if UPCAST:  # only under the interpreter, whose tl.dot mishandles bf16 (products are exact in fp32)
                 xt = xt.to(tl.float32)
                 ct = ct.to(tl.float32)
@@ -101,7 +115,8 @@ def nearest_code_kernel(
     tl.store(idx_ptr + out, best_idx, mask=row_ok)
 
 
-_tuned_kernel = triton.autotune(configs=AUTOTUNE_CONFIGS, key=["K", "D", "n_bucket", "SCALE", "IEEE", "UPCAST"])(
+_tuned_kernel = triton.autotune(configs=AUTOTUNE_CONFIGS, key=["K", "D", "n_bucket", "SCALE", "CENTER", "IEEE",
+                                                             "UPCAST"])(
     nearest_code_kernel
 )
 
@@ -123,19 +138,29 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _operands(x: Tensor, codes: Tensor, metric: str) -> tuple[Tensor, Tensor, Tensor, float, bool]:
-    """Kernel inputs: same-dtype contiguous ``x`` and codes, fp32 bias, score scale, IEEE flag."""
+def _operands(x: Tensor, codes: Tensor, metric: str) -> tuple[Tensor, Tensor, Tensor, Tensor, float, bool]:
+    """Kernel inputs: same-dtype contiguous ``x`` and centered codes, fp32 bias ``||c'||^2``, fp32 center
+    (zeros for cosine), score scale, IEEE flag."""
     if metric == "cosine":
         x = F.normalize(x.float(), dim=-1)
         codes = F.normalize(codes.float(), dim=-1)
-        return x.contiguous(), codes.contiguous(), codes.new_zeros(codes.shape[0]), -1.0, True
+        zeros = codes.new_zeros(codes.shape[0])
+        return x.contiguous(), codes.contiguous(), zeros, codes.new_zeros(codes.shape[1]), -1.0, True
     low = (torch.float16, torch.bfloat16)
     if x.dtype == codes.dtype and x.dtype in low:
         dtype = x.dtype
     else:
         dtype = torch.float32
-    bias = codes.float().pow(2).sum(1)
-    return x.to(dtype).contiguous(), codes.to(dtype).contiguous(), bias, -2.0, dtype == torch.float32
+    center = search_center(codes.float())
+    if dtype != torch.float32:
+        # bf16/fp16 tiles: the centered values are rounded back to the tile dtype, which costs precision
+        # when there is no offset to remove; center only when the offset dominates the spread (sync-free)
+        spread = (codes.float() - center).abs().amax()
+        center = torch.where(center.abs().amax() > 4.0 * spread, center, torch.zeros_like(center))
+    centered = codes.float() - center
+    bias = centered.pow(2).sum(1)
+    return (x.to(dtype).contiguous(), centered.to(dtype).contiguous(), bias, center.contiguous(), -2.0,
+            dtype == torch.float32)
 
 
 def triton_nearest_code(x: Tensor, codes: Tensor, metric: str = "euclidean", *,
@@ -146,7 +171,7 @@ def triton_nearest_code(x: Tensor, codes: Tensor, metric: str = "euclidean", *,
     """
     n, d = x.shape
     k = codes.shape[0]
-    xs, cs, bias, scale, ieee = _operands(x, codes, metric)
+    xs, cs, bias, center, scale, ieee = _operands(x, codes, metric)
     if n == 0:
         return torch.empty(0, dtype=torch.int64, device=x.device), torch.empty(0, device=x.device)
     if splits is None:
@@ -157,16 +182,18 @@ def triton_nearest_code(x: Tensor, codes: Tensor, metric: str = "euclidean", *,
     vals = torch.empty(n, splits, dtype=torch.float32, device=x.device)
     idxs = torch.empty(n, splits, dtype=torch.int64, device=x.device)
     n_bucket = 1 << max(0, (n - 1).bit_length())
-    args = (xs, cs, bias, vals, idxs, n, k, d, xs.stride(0), cs.stride(0), per_split, splits, n_bucket)
+    args = (xs, cs, bias, center, vals, idxs, n, k, d, xs.stride(0), cs.stride(0), per_split, splits, n_bucket)
+    centered = metric != "cosine"
     if _interpreting():
         grid = (triton.cdiv(n, _INTERPRET_META["BLOCK_M"]), splits)
         upcast = xs.dtype == torch.bfloat16  # Triton 3.9's interpreter computes bf16 tl.dot wrongly
-        nearest_code_kernel[grid](*args, SCALE=scale, IEEE=ieee, UPCAST=upcast, **_INTERPRET_META)
+        nearest_code_kernel[grid](*args, SCALE=scale, CENTER=centered, IEEE=ieee, UPCAST=upcast,
+                                  **_INTERPRET_META)
     else:
         def grid(meta):
             return (triton.cdiv(n, meta["BLOCK_M"]), splits)
 
-        _tuned_kernel[grid](*args, SCALE=scale, IEEE=ieee, UPCAST=False)
+        _tuned_kernel[grid](*args, SCALE=scale, CENTER=centered, IEEE=ieee, UPCAST=False)
     if splits == 1:
         best, indices = vals[:, 0], idxs[:, 0]
     else:  # lowest index among the splits' exact ties (ranges are ordered)
@@ -176,5 +203,5 @@ def triton_nearest_code(x: Tensor, codes: Tensor, metric: str = "euclidean", *,
     if metric == "cosine":
         distances = (2.0 + 2.0 * best).clamp_min_(0.0)
     else:
-        distances = (best + x.float().pow(2).sum(1)).clamp_min_(0.0)
+        distances = (best + (x.float() - center).pow(2).sum(1)).clamp_min_(0.0)
     return indices, distances

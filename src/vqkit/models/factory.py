@@ -108,7 +108,7 @@ def build_quantizer(kind: str, dim: int, *, channel_dim: int = -1, **kwargs: Any
         kind: one of :data:`QUANTIZER_KINDS`.
         dim: input channels (the model's feature width at the quantizer).
         channel_dim: channel axis of the input (``1`` for ``B x C x H x W``, ``-1`` for tokens).
-        **kwargs: the quantizer's own arguments (e.g. ``codebook_size=512, affine_lr=2.0``).
+        **kwargs: the quantizer's own arguments (e.g. ``codebook_size=512, codebook={"kind": "affine", "lr": 2.0}``).
     """
     cls = _quantizer_class(kind)
     check_kwargs("quantizer", kwargs, quantizer_arguments(kind))

@@ -15,6 +15,8 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
+from ..validation import check_choice, check_int
+
 __all__ = [
     "QuantizerOutput",
     "Quantizer",
@@ -22,7 +24,11 @@ __all__ = [
     "check_choice",
     "check_input",
     "check_mask",
-    "check_finite",
+    "check_nonfinite",
+    "check_indices",
+    "lens_to_mask",
+    "flatten_input",
+    "apply_projection",
     "move_channel_last",
     "restore_channel_dim",
 ]
@@ -85,24 +91,13 @@ class Quantizer(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# argument checks
+# input checks
 # ----------------------------------------------------------------------------------------------
 
 
 def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
     """Raise unless ``value`` is an int >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int >= {minimum}, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return value
-
-
-def check_choice(name: str, value: object, choices: tuple) -> object:
-    """Raise unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
-    return value
+    return check_int(name, value, minimum)
 
 
 def check_input(name: str, x: object, dim: int, channel_dim: int) -> Tensor:
@@ -142,14 +137,92 @@ def check_mask(mask: Tensor | None, expected_shape: torch.Size) -> Tensor | None
     return mask
 
 
-def check_finite(name: str, x: Tensor) -> None:
-    """Raise if ``x`` holds NaN or Inf (one device sync; call from non-hot paths)."""
+def lens_to_mask(lens: object, lead: torch.Size, device: torch.device) -> Tensor:
+    """``lens (B,)`` valid lengths -> mask ``(B, T)`` with ``mask[b, t] = t < lens[b]`` for inputs whose shape
+    without the channel axis is ``(B, T)`` (sequences, e.g. ``(B, T, dim)`` or ``(B, dim, T)``)."""
+    if not isinstance(lens, Tensor) or lens.dtype.is_floating_point or lens.dtype == torch.bool \
+            or lens.dtype.is_complex:
+        got = lens.dtype if isinstance(lens, Tensor) else type(lens).__name__
+        raise TypeError(f"lens: expected an integer tensor of valid lengths, got {got}")
+    if len(lead) != 2:
+        raise ValueError(f"lens: needs inputs of shape (B, T) without the channel axis (sequences), got "
+                         f"{tuple(lead)}; pass mask= instead")
+    if lens.shape != lead[:1]:
+        raise ValueError(f"lens: expected shape ({lead[0]},) (one length per sequence), got {tuple(lens.shape)}")
+    lens = lens.to(device)
+    if not torch.compiler.is_compiling() and lens.numel() and (bool((lens < 0).any()) or bool((lens > lead[1]).any())):
+        raise ValueError(f"lens: expected lengths in [0, {lead[1]}], got min {int(lens.min())} max {int(lens.max())}")
+    return torch.arange(lead[1], device=device)[None, :] < lens[:, None]
+
+
+def check_nonfinite(name: str, x: Tensor) -> None:
+    """Raise if ``x (N, D)`` holds NaN or Inf (one device sync; rows masked out must be zeroed first)."""
     if x.numel() == 0:
         return
     lo, hi = torch.aminmax(x.detach())  # one read pass; NaN propagates, +-Inf shows in lo / hi
     if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
         n_bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{name}: expected finite values, got {n_bad} NaN/Inf entries of {x.numel()}")
+        raise ValueError(
+            f"{name}: expected finite values, got {n_bad} NaN/Inf entries of {x.numel()} (at positions the mask "
+            f"marks as real; pass mask= or lens= for padding, or check_finite=False to get NaN outputs instead)"
+        )
+
+
+#: kept for callers of the old name
+check_finite = check_nonfinite
+
+
+def check_indices(indices: object, trailing: int | None, high: Tensor | int, name: str = "indices",
+                  trailing_name: str | None = None) -> Tensor:
+    """Integer tensor with an optional trailing axis of size ``trailing`` and values in ``[0, high)``
+    (``high`` may be a per-column tensor); returns it as int64. The range check syncs once (skipped
+    under ``torch.compile``)."""
+    if not isinstance(indices, Tensor) or indices.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        got = indices.dtype if isinstance(indices, Tensor) else type(indices).__name__
+        raise TypeError(f"{name}: expected an integer (int64) tensor, got {got}")
+    if trailing is not None and (indices.ndim == 0 or indices.shape[-1] != trailing):
+        size = f"{trailing_name}={trailing}" if trailing_name else str(trailing)
+        raise ValueError(f"{name}: expected a trailing axis of size {size}, got shape {tuple(indices.shape)}")
+    indices = indices.long()
+    if not torch.compiler.is_compiling() and indices.numel() > 0:
+        bad = (indices < 0) | (indices >= high)
+        if bool(bad.any()):
+            shown = high if isinstance(high, int) else high.tolist()
+            raise ValueError(
+                f"{name}: expected values in [0, {shown}), got min {int(indices.min())} max {int(indices.max())}"
+            )
+    return indices
+
+
+def apply_projection(layer: nn.Module, t: Tensor) -> Tensor:
+    """An optional projection (``nn.Identity`` or ``nn.Linear``). Outside autocast the input is cast to the
+    layer's dtype, so a bf16 input meets fp32 weights (or fp32 input a module cast to bf16) without a
+    dtype error; callers cast the result back to the input's dtype."""
+    if isinstance(layer, nn.Identity):
+        return t
+    return layer(t if torch.is_autocast_enabled(t.device.type) else t.to(layer.weight.dtype))
+
+
+def flatten_input(quantizer: Quantizer, x: object, mask: Tensor | None, lens: Tensor | None = None
+                  ) -> tuple[Tensor, Tensor | None, torch.Size]:
+    """``x`` -> ``(N, dim)`` channel-last rows, ``(N,)`` bool validity (None = all valid), leading shape.
+
+    Rows the mask (or ``lens``) marks as padding are replaced by zeros, so whatever they held (NaN, Inf,
+    1e20) reaches neither the output of the valid rows nor any statistic or gradient.
+    """
+    check_input("x", x, quantizer.dim, quantizer.channel_dim)
+    x_last = move_channel_last(x, quantizer.channel_dim)
+    lead = x_last.shape[:-1]
+    if lens is not None:
+        if mask is not None:
+            raise ValueError("lens: give either mask= or lens=, not both")
+        mask = lens_to_mask(lens, lead, x.device)
+    check_mask(mask, lead)
+    flat = x_last.reshape(-1, quantizer.dim)
+    if mask is None:
+        return flat, None, lead
+    valid = mask.reshape(-1).to(flat.device)
+    return torch.where(valid[:, None], flat, flat.new_zeros(())), valid, lead
 
 
 # ----------------------------------------------------------------------------------------------

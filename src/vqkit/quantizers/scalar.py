@@ -21,14 +21,17 @@ from torch import Tensor, nn
 from ..estimators import straight_through
 from ..losses import vq_loss
 from ..metrics import code_counts, perplexity, usage
+from ..dtypes import accumulation_dtype
+from ..validation import check_bool, check_choice, check_float, check_int, check_int_sequence
 from .base import (
     QuantizerOutput,
     Quantizer,
-    check_choice,
-    check_finite,
+    apply_projection,
+    check_indices,
     check_input,
     check_mask,
-    check_positive_int,
+    check_nonfinite,
+    lens_to_mask,
     move_channel_last,
     restore_channel_dim,
 )
@@ -76,11 +79,7 @@ def fsq_levels(codebook_size: int) -> list[int]:
 
 def _check_radices(name: str, values: Sequence[int]) -> tuple[int, ...]:
     """Non-empty sequence of ints >= 2."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise TypeError(f"{name}: expected a sequence of ints >= 2, got {values!r}")
-    if len(values) == 0:
-        raise ValueError(f"{name}: expected a non-empty sequence of ints >= 2, got {list(values)}")
-    return tuple(check_positive_int(f"{name}[{i}]", v, minimum=2) for i, v in enumerate(values))
+    return check_int_sequence(name, values, 2)
 
 
 def _mixed_radix_basis(radices: Sequence[int]) -> list[int]:
@@ -94,31 +93,19 @@ def _mixed_radix_basis(radices: Sequence[int]) -> list[int]:
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """At least fp32 (fp16/bf16 inputs are bounded, rounded and searched in fp32)."""
-    return torch.promote_types(dtype, torch.float32)
+    return accumulation_dtype(dtype)
 
 
-def _check_indices(indices: object, trailing: int | None, high: Tensor | int) -> Tensor:
-    """Integer tensor with an optional trailing axis of size ``trailing`` and values in ``[0, high)``."""
-    if not isinstance(indices, Tensor) or indices.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        got = indices.dtype if isinstance(indices, Tensor) else type(indices).__name__
-        raise TypeError(f"indices: expected an integer (int64) tensor, got {got}")
-    if trailing is not None and (indices.ndim == 0 or indices.shape[-1] != trailing):
-        raise ValueError(f"indices: expected a trailing axis of size {trailing}, got shape {tuple(indices.shape)}")
-    indices = indices.long()
-    if not torch.compiler.is_compiling() and indices.numel() > 0:
-        bad = (indices < 0) | (indices >= high)
-        if bool(bad.any()):
-            raise ValueError(
-                f"indices: expected values in [0, {high if isinstance(high, int) else high.tolist()}), "
-                f"got min {int(indices.min())} max {int(indices.max())}"
-            )
-    return indices
-
-
-def _maybe_check_finite(module: Quantizer, x: Tensor) -> None:
-    """NaN/Inf check in training (one host sync), skipped under ``torch.compile``."""
-    if module.check_finite and module.training and not torch.compiler.is_compiling():
-        check_finite("x", x)
+def _finite_rows(module: Quantizer, z: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Non-finite input rows ``z (..., D)``: raise naming ``x`` (``check_finite``, eager), or (check off, or
+    under ``torch.compile``) zero them and return their ``(...)`` bool map, with the mask updated so they
+    count as padding."""
+    if module.check_finite and not torch.compiler.is_compiling():
+        check_nonfinite("x", z)
+        return z, mask, None
+    finite = torch.isfinite(z).all(-1)
+    z = torch.where(finite[..., None], z, z.new_zeros(()))
+    return z, finite if mask is None else mask & finite, ~finite
 
 
 def _flat_mask(mask: Tensor | None, like: Tensor) -> Tensor | None:
@@ -164,7 +151,7 @@ class FSQ(Quantizer):
         q = round_ste(bound(z)) / (L // 2)                   # L values in [-1, 1]
 
     ``shift = atanh(offset / half_l)`` makes ``bound(0) = 0`` (up to rounding), so a zero latent lands
-    in the middle of level 0 (REFERENCE.md writes ``tan``, as in the paper's listing: ``tan`` does not invert
+    in the middle of level 0 (the paper's listing writes ``tan``, which does not invert
     ``tanh``, it only approximates ``atanh`` for small arguments, e.g. bound(0) = -4.3e-4 for L = 4 and
     -0.043 for L = 2). For L = 2, whose bound range (-0.9995, -0.0005) excludes 0 (``atanh`` of
     ``offset / half_l > 1``), the shift puts bound(0) at -0.25, the middle of level 0's reachable
@@ -184,8 +171,8 @@ class FSQ(Quantizer):
         num_codebooks: independent FSQ groups along the channels (each of ``len(levels)`` dims); indices
             gain a trailing axis of size ``num_codebooks`` when it is > 1.
         channel_dim: axis of the channels (``1`` for ``B x C x H x W``).
-        check_finite: raise on NaN/Inf input in training (one host sync per step; skipped under
-            ``torch.compile``).
+        check_finite: raise on NaN/Inf input, naming ``x`` (one host sync per call). With False (and always
+            under ``torch.compile``) non-finite rows come back as NaN outputs with index -1.
 
     Shapes: ``x`` ``(..., dim)`` (channels on ``channel_dim``) -> ``quantized`` same shape and dtype;
     ``indices`` int64 ``x.shape`` minus the channel axis (``+ (num_codebooks,)`` when > 1); ``loss`` a zero
@@ -206,12 +193,12 @@ class FSQ(Quantizer):
         check_finite: bool = True,
     ) -> None:
         levels = _check_radices("levels", levels)
-        check_positive_int("num_codebooks", num_codebooks)
+        check_int("num_codebooks", num_codebooks, 1)
         codebook_dim = len(levels) * num_codebooks
         super().__init__(codebook_dim if dim is None else dim, channel_dim)
         self.levels = levels
         self.num_codebooks = num_codebooks
-        self.check_finite = bool(check_finite)
+        self.check_finite = check_bool("check_finite", check_finite)
         self.codebook_dim = codebook_dim
         self.codebook_size = math.prod(levels)
         if self.codebook_size > _INT64_MAX:
@@ -222,7 +209,8 @@ class FSQ(Quantizer):
         self.register_buffer("_half_width", torch.tensor([L // 2 for L in levels], dtype=torch.int64), persistent=False)
         self.register_buffer("_levels", torch.tensor(levels, dtype=torch.int64), persistent=False)
         self.register_buffer("_basis", torch.tensor(_mixed_radix_basis(levels), dtype=torch.int64), persistent=False)
-        self.register_buffer("_level_offsets", _ragged_tables(levels)[0], persistent=False)
+        level_offsets = torch.cumsum(torch.tensor((0, *levels[:-1]), dtype=torch.int64), 0)  # O(len(levels))
+        self.register_buffer("_level_offsets", level_offsets, persistent=False)
 
         self.has_projections = self.dim != codebook_dim
         self.project_in = nn.Linear(self.dim, codebook_dim) if self.has_projections else nn.Identity()
@@ -269,25 +257,29 @@ class FSQ(Quantizer):
         codes = straight_through(b, rounded) / half_width
         return codes.flatten(-2), digits
 
-    def _project_out(self, codes: Tensor) -> Tensor:
-        if not self.has_projections:
-            return codes
-        return self.project_out(codes.to(self.project_out.weight.dtype))
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
-        """Quantize ``x``; ``mask`` (bool, True = real position, ``indices``' shape without the group
-        axis) only affects ``stats`` (FSQ has no loss)."""
+    def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None) -> QuantizerOutput:
+        """Quantize ``x``; ``mask`` / ``lens`` (padding, as in :class:`~vqkit.VectorQuantizer`) only affect
+        ``stats`` (FSQ has no loss), and padded positions may hold anything."""
         check_input("x", x, self.dim, self.channel_dim)
-        _maybe_check_finite(self, x)
         x_last = move_channel_last(x, self.channel_dim)
+        if lens is not None:
+            if mask is not None:
+                raise ValueError("lens: give either mask= or lens=, not both")
+            mask = lens_to_mask(lens, x_last.shape[:-1], x.device)
         mask = check_mask(mask, x_last.shape[:-1])
-        z = self.project_in(x_last)
+        if mask is not None:
+            x_last = torch.where(mask[..., None], x_last, x_last.new_zeros(()))
+        z = apply_projection(self.project_in, x_last)
+        z, mask, bad = _finite_rows(self, z, mask)
         with torch.autocast(device_type=x.device.type, enabled=False):
             codes, digits = self.quantize_latents(z)
             indices = (digits * self._basis).sum(-1)  # (..., G), int64, exact
-        out = self._project_out(codes).to(x.dtype)
-        out = restore_channel_dim(out, self.channel_dim)
+        out = apply_projection(self.project_out, codes).to(x.dtype)
         stats = self._stats(digits, indices, mask)
+        if bad is not None:
+            out = torch.where(bad[..., None], torch.full_like(out, float("nan")), out)
+            indices = torch.where(bad[..., None], -1, indices)
+        out = restore_channel_dim(out, self.channel_dim)
         if self.num_codebooks == 1:
             indices = indices.squeeze(-1)
         loss = torch.zeros((), dtype=torch.float32, device=x.device)
@@ -300,6 +292,8 @@ class FSQ(Quantizer):
             counts = code_counts(indices, self.codebook_size, _flat_mask(mask, indices))
             stats["usage"] = usage(counts)
             stats["perplexity"] = perplexity(counts)
+        if sum(self.levels) > MAX_HISTOGRAM_CODES:
+            return stats
         level_bins = digits + self._level_offsets  # (..., G, n) into sum(levels) bins
         level_mask = None if mask is None else mask[..., None, None].expand_as(level_bins)
         stats["level_usage"] = usage(code_counts(level_bins, sum(self.levels), level_mask))
@@ -310,7 +304,7 @@ class FSQ(Quantizer):
     def indices_to_latent_codes(self, indices: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """Indices -> codes before ``project_out``, ``(..., codebook_dim)`` in [-1, 1], channel-last."""
         trailing = self.num_codebooks if self.num_codebooks > 1 else None
-        indices = _check_indices(indices, trailing, self.codebook_size)
+        indices = check_indices(indices, trailing, self.codebook_size, trailing_name="num_codebooks")
         if self.num_codebooks == 1:
             indices = indices.unsqueeze(-1)
         digits = torch.div(indices.unsqueeze(-1), self._basis, rounding_mode="floor") % self._levels
@@ -329,7 +323,7 @@ class FSQ(Quantizer):
             ``(..., dim)`` with the channel axis moved to ``channel_dim``.
         """
         codes = self.indices_to_latent_codes(indices)
-        out = self._project_out(codes)
+        out = apply_projection(self.project_out, codes)
         if dtype is not None:
             out = out.to(dtype)
         return restore_channel_dim(out, self.channel_dim) if out.ndim >= 2 else out
@@ -351,7 +345,7 @@ class FSQ(Quantizer):
             codes = self.implicit_codebook
             if self.num_codebooks > 1:
                 return codes
-            return self._project_out(codes).detach()
+            return apply_projection(self.project_out, codes).detach()
 
     def _check_materializable(self) -> None:
         if self.codebook_size > MAX_HISTOGRAM_CODES:
@@ -396,8 +390,8 @@ class LatentQuantizer(Quantizer):
         index_mode: ``"joint"``: one mixed-radix int64 index over ``prod(V_d)`` codes (requires the product
             < 2^63); ``"per_dim"``: indices ``(..., D)``, the chosen value's position in each dimension.
         channel_dim: axis of the channels.
-        check_finite: raise on NaN/Inf input in training (one host sync per step; skipped under
-            ``torch.compile``).
+        check_finite: raise on NaN/Inf input, naming ``x`` (one host sync per call). With False (and always
+            under ``torch.compile``) non-finite rows count as padding and come back as NaN with index -1.
 
     Shapes: ``x`` ``(..., D)`` -> ``quantized`` same shape and dtype, ``indices`` int64 ``x.shape`` minus
     the channel axis (``+ (D,)`` for ``"per_dim"``), ``loss`` float32 scalar. ``mask`` (bool, True = real
@@ -420,17 +414,18 @@ class LatentQuantizer(Quantizer):
     ) -> None:
         super().__init__(dim, channel_dim)
         if isinstance(values_per_dim, int) and not isinstance(values_per_dim, bool):
-            check_positive_int("values_per_dim", values_per_dim, minimum=2)
+            check_int("values_per_dim", values_per_dim, minimum=2)
             radices = (values_per_dim,) * dim
         else:
             radices = _check_radices("values_per_dim", values_per_dim)
             if len(radices) != dim:
                 raise ValueError(f"values_per_dim: expected an int or {dim} ints (one per dim), got {len(radices)}")
         for name, w in (("quantization_weight", quantization_weight), ("commitment_weight", commitment_weight)):
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
-                raise ValueError(f"{name}: expected a float >= 0, got {w!r}")
-        if (not isinstance(init_range, (tuple, list)) or len(init_range) != 2
-                or not all(isinstance(v, (int, float)) for v in init_range) or not init_range[0] < init_range[1]):
+            check_float(name, w, low=0.0)
+        if not isinstance(init_range, (tuple, list)) or len(init_range) != 2:
+            raise ValueError(f"init_range: expected (low, high) with low < high, got {init_range!r}")
+        lo, hi = (check_float(f"init_range[{i}]", v) for i, v in enumerate(init_range))
+        if not lo < hi:
             raise ValueError(f"init_range: expected (low, high) with low < high, got {init_range!r}")
         check_choice("index_mode", index_mode, INDEX_MODES)
         self.codebook_size = math.prod(radices)
@@ -444,7 +439,7 @@ class LatentQuantizer(Quantizer):
         self.commitment_weight = float(commitment_weight)
         self.init_range = (float(init_range[0]), float(init_range[1]))
         self.index_mode = index_mode
-        self.check_finite = bool(check_finite)
+        self.check_finite = check_bool("check_finite", check_finite)
 
         lo, hi = self.init_range
         self.values = nn.Parameter(torch.cat([torch.linspace(lo, hi, v) for v in radices]))
@@ -473,12 +468,18 @@ class LatentQuantizer(Quantizer):
         dist = (z.detach().to(ct).unsqueeze(-1) - table).abs()  # (..., D, Vmax); padding -> inf
         return dist.argmin(-1)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
+    def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None) -> QuantizerOutput:
         """Quantize ``x``; see the class docstring for shapes."""
         check_input("x", x, self.dim, self.channel_dim)
-        _maybe_check_finite(self, x)
         z = move_channel_last(x, self.channel_dim)
+        if lens is not None:
+            if mask is not None:
+                raise ValueError("lens: give either mask= or lens=, not both")
+            mask = lens_to_mask(lens, z.shape[:-1], x.device)
         mask = check_mask(mask, z.shape[:-1])
+        if mask is not None:
+            z = torch.where(mask[..., None], z, z.new_zeros(()))
+        z, mask, bad = _finite_rows(self, z, mask)
         with torch.autocast(device_type=x.device.type, enabled=False):
             ct = _compute_dtype(z.dtype)
             z = z.to(ct)
@@ -489,9 +490,12 @@ class LatentQuantizer(Quantizer):
             loss = vq_loss(z.reshape(-1, self.dim), q.reshape(-1, self.dim), self.commitment_weight,
                            self.quantization_weight, weight).total
             out = straight_through(z, q)
-        out = restore_channel_dim(out.to(x.dtype), self.channel_dim)
         indices = local if self.index_mode == "per_dim" else (local * self._basis).sum(-1)
         stats = self._stats(flat_pos, indices, mask)
+        if bad is not None:
+            out = torch.where(bad[..., None], torch.full_like(out, float("nan")), out)
+            indices = torch.where(bad[..., None] if self.index_mode == "per_dim" else bad, -1, indices)
+        out = restore_channel_dim(out.to(x.dtype), self.channel_dim)
         return QuantizerOutput(out, indices, loss.float(), stats)
 
     @torch.no_grad()
@@ -514,10 +518,10 @@ class LatentQuantizer(Quantizer):
             ``(..., D)`` with the channel axis moved to ``channel_dim``.
         """
         if self.index_mode == "joint":
-            indices = _check_indices(indices, None, self.codebook_size)
+            indices = check_indices(indices, None, self.codebook_size)
             local = torch.div(indices.unsqueeze(-1), self._basis, rounding_mode="floor") % self._radices
         else:
-            local = _check_indices(indices, self.dim, self._radices)
+            local = check_indices(indices, self.dim, self._radices, trailing_name="dim")
         ct = _compute_dtype(self.values.dtype)
         out = self.values.to(ct)[local + self._offsets]
         out = out.to(dtype if dtype is not None else self.values.dtype)

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..estimators import straight_through
-from .base import check_choice
+from ..dtypes import accumulation_dtype
+from ..validation import check_bool, check_choice, check_float
 
 __all__ = [
     "BitLinear",
@@ -123,10 +124,6 @@ def ternary_matmul(x_q: Tensor, w_q: Tensor) -> Tensor:
     return x_q.to(dtype) @ w_q.to(dtype).t()
 
 
-def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
-
-
 def _latent_from_ternary(w_q: Tensor, gamma: Tensor, scale: str) -> Tensor:
     """A weight ``W`` with ``ternarize(W, scale) == (w_q, gamma)`` (up to eps).
 
@@ -189,11 +186,9 @@ class BitLinear(nn.Linear):
     ) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         check_choice("scale", scale, SCALES)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
-            raise ValueError(f"eps: expected a float > 0, got {eps!r}")
         self.scale = scale
-        self.eps = float(eps)
-        self.norm = bool(norm)
+        self.eps = check_float("eps", eps, low=0.0, low_open=True)
+        self.norm = check_bool("norm", norm)
         self.register_buffer("packed_weight", None)
         self.register_buffer("weight_scale", None)
         self._latent_dtype = self.weight.dtype
@@ -213,7 +208,7 @@ class BitLinear(nn.Linear):
         """Dequantized ternary weight ``W_q * gamma`` ``(out, in)`` (STE to the latent weight when training)."""
         if self.frozen:
             return unpack_ternary(self.packed_weight, self.weight_shape).float() * self.weight_scale
-        w = self.weight.to(_at_least_fp32(self.weight.dtype))
+        w = self.weight.to(accumulation_dtype(self.weight.dtype))
         w_q, gamma = ternarize(w, self.scale, self.eps)
         return straight_through(w, w_q * gamma)
 
@@ -225,7 +220,7 @@ class BitLinear(nn.Linear):
         if self.frozen:
             return self._forward_frozen(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            xn = self._normalize(x.to(_at_least_fp32(x.dtype)))
+            xn = self._normalize(x.to(accumulation_dtype(x.dtype)))
             x_q, s_x = quantize_activations(xn, self.eps)
             x_fq = straight_through(xn, x_q / s_x)
             w_fq = self.quantized_weight()
@@ -312,6 +307,9 @@ def quantize_model(
 ) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` by a :class:`BitLinear` with the same weights, in place.
 
+    The new layers hold the *same* ``Parameter`` objects as the ``nn.Linear`` they replace, so an optimizer
+    built before the call keeps training them (and its state stays attached).
+
     Only modules whose type is exactly ``nn.Linear`` are replaced (subclasses keep their own forward;
     e.g. ``nn.MultiheadAttention.out_proj`` is one and is never called through ``forward``); all other
     modules are untouched. Forward hooks registered on replaced layers are not carried over.
@@ -332,11 +330,10 @@ def quantize_model(
     def convert(lin: nn.Linear) -> BitLinear:
         if id(lin) not in replaced:
             new = BitLinear(lin.in_features, lin.out_features, bias=lin.bias is not None, scale=scale, eps=eps,
-                            norm=norm, device=lin.weight.device, dtype=lin.weight.dtype)
-            new.load_state_dict(lin.state_dict())
-            new.weight.requires_grad_(lin.weight.requires_grad)
-            if lin.bias is not None:
-                new.bias.requires_grad_(lin.bias.requires_grad)
+                            norm=norm, device="meta", dtype=lin.weight.dtype)
+            new.weight = lin.weight  # the same Parameter objects: optimizers built earlier keep working
+            new.bias = lin.bias
+            new._latent_dtype = lin.weight.dtype
             new.train(lin.training)
             replaced[id(lin)] = new
         return replaced[id(lin)]

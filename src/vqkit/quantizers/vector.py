@@ -2,44 +2,49 @@
 :class:`ResidualVectorQuantizer`.
 
 The :class:`VectorQuantizer` implements the three techniques of Huh et al. 2023, *Straightening Out the
-Straight-Through Estimator*, on by default (DESIGN section 2: users keep defaults):
+Straight-Through Estimator*, on by default (users keep defaults):
 
-1. affine re-parameterization of the codebook (``affine="learned"`` with ``affine_lr``, or ``"running"``),
+1. affine re-parameterization of the codebook (``codebook="affine"``, or ``"running_affine"``),
 2. alternating optimization (``alternating_steps`` inner codebook steps before the output is formed),
 3. the synchronized commitment update (``sync_nu``),
 
 plus k-means++ initialization, dead-code replacement, EMA codebooks, the cosine metric, low-dimensional
 codebooks with projections and the rotation-trick estimator.
 
-The default set: ``affine="learned", affine_lr=10, sync_nu=1.0, alternating_steps=1, alternating_lr=1.0,
-kmeans_init=True, dead_code_steps=100``, loss weights ``(0.05, 0.95)`` (the paper's beta = 0.95). Pass
-explicit flags for ablations, e.g. the plain straight-through baseline is ``VectorQuantizer(dim, K,
-affine=None, sync_nu=0.0, alternating_steps=0, kmeans_init=False, dead_code_steps=0)`` (see
-:data:`PLAIN_STE`).
+Maintenance (k-means init, alternating steps, dead-code replacement, EMA and running statistics) never
+modifies a tensor an autograd graph holds: every call's output and gradients are exact for the codebook
+that call used, so one quantizer can be called several times before one backward (views of a batch,
+chunks, scales of a multi-scale tokenizer, shared residual levels), under gradient accumulation and
+under activation checkpointing (``torch.utils.checkpoint``: maintenance runs once per training forward,
+the recomputation reuses the original call's assignment). In the steady state (after the k-means
+initializing step) the training forward is shape-static graph code without host syncs when compiled.
 """
 
 from __future__ import annotations
+
+import collections
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import distributed as dist_utils
-from ..codebooks import AffineCodebook, Codebook, EMACodebook, RunningAffineCodebook, assignment_sums
+from ..codebooks import CodebookSpec, EMACodebook, RunningAffineCodebook, assignment_sums, codebook_spec
+from ..dtypes import accumulation_dtype
 from ..estimators import ESTIMATORS, rotation_trick, straight_through, straight_through_with_loss
 from ..losses import vq_loss
-from ..maintenance import gather_embeddings, kmeans, sample_replacements, shared_generator
+from ..maintenance import gather_embeddings, kmeans, replacement_candidates, shared_generator
 from ..metrics import code_counts, perplexity, usage
 from ..search import DEFAULT_MEMORY_BUDGET, METRICS, SearchResult, nearest_code
+from ..validation import check_bool, check_choice, check_float, check_int
 from .base import (
     QuantizerOutput,
     Quantizer,
-    check_choice,
-    check_finite,
-    check_input,
-    check_mask,
-    check_positive_int,
-    move_channel_last,
+    apply_projection,
+    check_indices,
+    check_nonfinite,
+    flatten_input,
     restore_channel_dim,
 )
 
@@ -51,10 +56,8 @@ __all__ = [
     "PLAIN_STE",
 ]
 
-AFFINES = (None, "learned", "running")
-
 #: keyword arguments that turn every fix off: the plain straight-through VQ-VAE baseline.
-PLAIN_STE = dict(affine=None, sync_nu=0.0, alternating_steps=0, kmeans_init=False, dead_code_steps=0)
+PLAIN_STE = dict(codebook="plain", sync_nu=0.0, alternating_steps=0, kmeans_init=False, dead_code_steps=0)
 
 #: window used for the ``dead_codes`` statistic when replacement is off (the paper's typical T).
 DEAD_CODE_WINDOW = 20
@@ -62,32 +65,45 @@ DEAD_CODE_WINDOW = 20
 #: decay of the running assignment counts behind ``dead_code_threshold``.
 USAGE_EMA_DECAY = 0.8
 
+#: most codes re-seeded in one step (the candidates drawn per step; more dead codes wait a step).
+MAX_REPLACEMENTS_PER_STEP = 4096
 
-class VQResult:
+#: training calls remembered for activation-checkpoint recomputation.
+_RECORDS = 8
+
+
+class VQResult(NamedTuple):
     """Result of :meth:`VectorQuantizer.quantize_vectors` on flat vectors.
 
-    ``codes`` ``(N, Dc)``: selected effective codes, differentiable w.r.t. the codebook parameters;
-    ``indices`` ``(N,)``; ``loss`` scalar; ``stats`` detached scalars.
+    ``codes`` ``(N, Dc)``: the selected effective codes, differentiable w.r.t. the codebook parameters (or
+    the straight-through output when ``output_nu`` was given); ``indices`` ``(N,)`` (-1 for non-finite
+    rows); ``loss`` scalar; ``stats`` detached scalars; ``bad`` ``(N,)`` bool of non-finite rows, or None.
     """
 
-    __slots__ = ("codes", "indices", "loss", "stats")
-
-    def __init__(self, codes: Tensor, indices: Tensor, loss: Tensor, stats: dict[str, Tensor]) -> None:
-        self.codes, self.indices, self.loss, self.stats = codes, indices, loss, stats
-
-
-def _flatten(quantizer: Quantizer, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None, torch.Size]:
-    """``x`` -> ``(N, dim)`` channel-last rows, ``(N,)`` float row weights (or None), leading shape."""
-    check_input("x", x, quantizer.dim, quantizer.channel_dim)
-    x_last = move_channel_last(x, quantizer.channel_dim)
-    lead = x_last.shape[:-1]
-    check_mask(mask, lead)
-    weight = None if mask is None else mask.reshape(-1).float()
-    return x_last.reshape(-1, quantizer.dim), weight, lead
+    codes: Tensor
+    indices: Tensor
+    loss: Tensor
+    stats: dict[str, Tensor]
+    bad: Tensor | None
 
 
-def _unflatten(quantizer: Quantizer, out: Tensor, lead: torch.Size, dtype: torch.dtype) -> Tensor:
-    return restore_channel_dim(out.to(dtype).reshape(*lead, out.shape[-1]), quantizer.channel_dim)
+class _Record(NamedTuple):
+    """What a training call leaves for its recomputation under activation checkpointing."""
+
+    shape: torch.Size
+    fingerprint: Tensor
+    indices: Tensor
+    version: int
+
+
+def _in_backward() -> bool:
+    """True while autograd runs a backward pass (where ``torch.utils.checkpoint`` recomputes forwards)."""
+    return torch._C._current_graph_task_id() != -1
+
+
+def _fingerprint(z: Tensor) -> Tensor:
+    """Two fp64 sums that tell a recomputed input from another call's input of the same shape."""
+    return torch.stack([z.sum(dtype=torch.float64), z[:, 0].sum(dtype=torch.float64)])
 
 
 def _estimate(estimator: str, z: Tensor, codes: Tensor, nu: float) -> Tensor:
@@ -100,12 +116,20 @@ def _mean_stats(stats: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return {k: torch.stack([s[k] for s in stats]).mean() for k in stats[0]}
 
 
+def _nan_rows(out: Tensor, bad: Tensor | None) -> Tensor:
+    return out if bad is None else torch.where(bad[:, None], torch.full_like(out[:1], float("nan")), out)
+
+
 class VectorQuantizer(Quantizer):
     """Vector quantizer with the fixes of Huh et al. 2023 on by default.
 
     Args:
         dim: input channels D_in.
         codebook_size: number of codes K.
+        codebook: the codebook parameterization: ``"affine"`` (learned shared scale / shift, the paper's
+            re-parameterization; :class:`~vqkit.codebooks.Affine` with ``lr=10``), ``"running_affine"``,
+            ``"plain"``, ``"ema"`` (no gradient; VQ-VAE-2 / SoundStream), or a spec from
+            :mod:`vqkit.codebooks` with its own settings, e.g. ``Affine(lr=2.0, groups=4)``, ``EMA(0.8)``.
         codebook_dim: code dimension D; when it differs from ``dim`` the input is projected in and the
             output projected back with learned linear maps.
         metric: ``"euclidean"`` (squared L2) or ``"cosine"`` (inputs and codes l2-normalized; the output
@@ -114,36 +138,36 @@ class VectorQuantizer(Quantizer):
         codebook_weight: weight of ``mean((sg(z) - c)^2)`` (pulls codes to the encoder). The default
             ``(0.05, 0.95)`` is the paper's ``beta = 0.95``; the classic VQ-VAE is ``(0.25, 1.0)``.
         sync_nu: synchronized update weight: the task gradient reaches the selected codes times ``nu``.
-        affine: ``"learned"`` (shared scale/shift trained with a multiplier ``affine_lr``), ``"running"``
-            (scale/shift from running moments) or ``None``.
-        affine_lr: learning-rate multiplier ``a`` of the learned affine parameters.
-        affine_groups: number of contiguous code groups with their own scale/shift (divides K).
+            Default 1.0 (0.0 for an EMA codebook, which takes no gradient).
         alternating_steps: inner codebook steps taken before the output is formed (training only).
-        alternating_lr: inner step size in ``(0, 1]``: each step is block coordinate descent on the
-            codebook loss, moving the affine shift (all codes of a group by the mean residual) and then
-            each used code (toward its assigned-embedding mean) this fraction of the way to their optimum;
-            ``1.0`` is an exact Lloyd-style step.
+            Default 1 (0 for an EMA codebook).
+        alternating_lr: inner step size in ``(0, 1]`` (default 1.0): each step is block coordinate descent
+            on the codebook loss, moving the affine shift (all codes of a group by the mean residual) and
+            then each used code (toward its assigned-embedding mean) this fraction of the way to their
+            optimum; ``1.0`` is an exact Lloyd-style step. Only with ``alternating_steps > 0``.
         alternating_reassign: re-run the search after the last inner step, so the output and the STE
-            gradient use the updated codebook *and* assignment (one extra search per step).
+            gradient use the updated codebook *and* assignment (default False; only with alternating steps).
         kmeans_init: initialize the codebook with k-means++ on the first training batch.
-        kmeans_iters: Lloyd iterations of that init.
-        dead_code_steps: re-seed a code from a current embedding after this many training steps
+        kmeans_iters: Lloyd iterations of that init (default 10; only with ``kmeans_init``).
+        dead_code_steps: re-seed a code from a current embedding after this many training calls
             without use (0 = never).
-        dead_code_threshold: also re-seed codes whose running assignment count (an EMA over steps with
-            decay 0.8, of the all-reduced per-step counts) drops below this many vectors (0 = off): rarely
+        dead_code_threshold: also re-seed codes whose running assignment count (an EMA over calls with
+            decay 0.8, of the all-reduced per-call counts) drops below this many vectors (0 = off): rarely
             used codes are recycled too, which flattens usage (higher perplexity) at large K.
-        ema_decay: if set, the codebook is an EMA of cluster means instead of learned by gradient
-            (incompatible with affine, alternating steps and ``sync_nu``).
         estimator: ``"ste"`` (straight-through) or ``"rotation"`` (rotation trick).
         channel_dim: axis of the channels (``1`` for ``B x C x H x W``).
-        affine_momentum: EMA momentum of the running-statistics affine.
-        check_finite: raise on NaN/Inf input in training (one host sync per step).
+        check_finite: raise on NaN/Inf input (one host sync per call). With False (and always under
+            ``torch.compile``) non-finite rows are treated as padding instead: they change nothing and come
+            back as NaN outputs with index -1.
         memory_budget: bytes for one chunk of the nearest-code search.
 
     Shapes: ``x`` ``(..., dim)`` (channels on ``channel_dim``) -> ``quantized`` same shape and dtype,
     ``indices`` int64 ``x.shape`` minus the channel axis, ``loss`` scalar. ``mask`` (bool, True = real
-    position, the shape of ``indices``) keeps padded positions out of the loss, the codebook updates and
-    the stats.
+    position, the shape of ``indices``) or ``lens`` (``(B,)`` lengths for ``(B, T)`` sequences) mark
+    padding: padded positions may hold anything and affect neither the loss, the codebook, the buffers,
+    nor the stats; their outputs are meaningless. Stats: ``usage``, ``perplexity``, ``dead_codes``,
+    ``quantization_error`` (mean squared distance of a vector to its code), ``vq_mse`` (per element),
+    ``commitment_loss`` and ``codebook_loss`` (the two weighted terms of ``loss``).
     """
 
     def __init__(
@@ -151,102 +175,103 @@ class VectorQuantizer(Quantizer):
         dim: int,
         codebook_size: int,
         *,
+        codebook: str | CodebookSpec = "affine",
         codebook_dim: int | None = None,
         metric: str = "euclidean",
         commitment_weight: float = 0.05,
         codebook_weight: float = 0.95,
-        sync_nu: float = 1.0,
-        affine: str | None = "learned",
-        affine_lr: float = 10.0,
-        affine_groups: int = 1,
-        alternating_steps: int = 1,
-        alternating_lr: float = 1.0,
-        alternating_reassign: bool = False,
+        sync_nu: float | None = None,
+        alternating_steps: int | None = None,
+        alternating_lr: float | None = None,
+        alternating_reassign: bool | None = None,
         kmeans_init: bool = True,
-        kmeans_iters: int = 10,
+        kmeans_iters: int | None = None,
         dead_code_steps: int = 100,
         dead_code_threshold: float = 0.0,
-        ema_decay: float | None = None,
         estimator: str = "ste",
         channel_dim: int = -1,
-        affine_momentum: float = 0.1,
         check_finite: bool = True,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:
         super().__init__(dim, channel_dim)
-        check_positive_int("codebook_size", codebook_size)
+        check_int("codebook_size", codebook_size, 1)
         if codebook_dim is not None:
-            check_positive_int("codebook_dim", codebook_dim)
+            check_int("codebook_dim", codebook_dim, 1)
+        spec = codebook_spec(codebook)
         check_choice("metric", metric, METRICS)
-        check_choice("affine", affine, AFFINES)
         check_choice("estimator", estimator, ESTIMATORS)
-        check_positive_int("affine_groups", affine_groups)
-        check_positive_int("alternating_steps", alternating_steps, minimum=0)
-        check_positive_int("kmeans_iters", kmeans_iters, minimum=0)
-        check_positive_int("dead_code_steps", dead_code_steps, minimum=0)
-        check_positive_int("memory_budget", memory_budget)
-        for name, value in (("commitment_weight", commitment_weight), ("codebook_weight", codebook_weight),
-                            ("sync_nu", sync_nu)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name}: expected a float >= 0, got {value!r}")
-        if not isinstance(dead_code_threshold, (int, float)) or isinstance(dead_code_threshold, bool) \
-                or not 0 <= dead_code_threshold < float("inf"):
-            raise ValueError(f"dead_code_threshold: expected a finite float >= 0, got {dead_code_threshold!r}")
-        if not 0 < alternating_lr <= 1:
-            raise ValueError(f"alternating_lr: expected a float in (0, 1], got {alternating_lr}")
-        if ema_decay is not None:
-            clashes = [n for n, on in (("affine", affine is not None), ("alternating_steps", alternating_steps > 0),
-                                       ("sync_nu", sync_nu > 0)) if on]
+        gradient = spec.learns_by_gradient
+        sync_nu = check_float("sync_nu", sync_nu, low=0.0) if sync_nu is not None else (1.0 if gradient else 0.0)
+        steps = check_int("alternating_steps", alternating_steps, 0) if alternating_steps is not None \
+            else (1 if gradient else 0)
+        if not gradient:
+            clashes = [f"{n}={v}" for n, v in (("sync_nu", sync_nu), ("alternating_steps", steps)) if v]
             if clashes:
-                raise ValueError(
-                    f"ema_decay: an EMA codebook is not trained by gradient, so it cannot be combined with "
-                    f"{', '.join(clashes)}; pass " + ", ".join(
-                        {"affine": "affine=None", "alternating_steps": "alternating_steps=0", "sync_nu": "sync_nu=0.0"}[c]
-                        for c in clashes)
-                )
+                raise ValueError(f"codebook: an {spec.kind!r} codebook is not trained by gradient, so it takes no "
+                                 f"{' and no '.join(clashes)}; leave them at their defaults or pass 0")
+        for name, value, needs in (("alternating_lr", alternating_lr, steps > 0),
+                                   ("alternating_reassign", alternating_reassign, steps > 0),
+                                   ("kmeans_iters", kmeans_iters, kmeans_init)):
+            if value is not None and not needs:
+                what = "alternating_steps > 0" if name.startswith("alternating") else "kmeans_init=True"
+                raise ValueError(f"{name}: only used with {what}; got {name}={value!r} with that option off")
+        alternating_lr = 1.0 if alternating_lr is None else check_float(
+            "alternating_lr", alternating_lr, low=0.0, high=1.0, low_open=True)
+        reassign = False if alternating_reassign is None else check_bool("alternating_reassign", alternating_reassign)
+        kmeans_iters = 10 if kmeans_iters is None else check_int("kmeans_iters", kmeans_iters, 0)
+        self.commitment_weight = check_float("commitment_weight", commitment_weight, low=0.0)
+        self.codebook_weight = check_float("codebook_weight", codebook_weight, low=0.0)
+        check_bool("kmeans_init", kmeans_init)
+        check_bool("check_finite", check_finite)
+        check_int("dead_code_steps", dead_code_steps, 0)
+        self.dead_code_threshold = check_float("dead_code_threshold", dead_code_threshold, low=0.0)
+        check_int("memory_budget", memory_budget, 1)
 
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim or dim
+        self.codebook_spec = spec
         self.metric = metric
-        self.commitment_weight = float(commitment_weight)
-        self.codebook_weight = float(codebook_weight)
-        self.sync_nu = float(sync_nu)
-        self.affine = affine
-        self.alternating_steps = alternating_steps
-        self.alternating_lr = float(alternating_lr)
-        self.alternating_reassign = bool(alternating_reassign)
-        self.kmeans_init = bool(kmeans_init)
+        self.sync_nu = sync_nu
+        self.alternating_steps = steps
+        self.alternating_lr = alternating_lr
+        self.alternating_reassign = reassign
+        self.kmeans_init = kmeans_init
         self.kmeans_iters = kmeans_iters
         self.dead_code_steps = dead_code_steps
-        self.dead_code_threshold = float(dead_code_threshold)
-        self.ema_decay = ema_decay
         self.estimator = estimator
-        self.check_finite = bool(check_finite)
+        self.check_finite = check_finite
         self.memory_budget = memory_budget
 
         projects = self.codebook_dim != dim
         self.project_in = nn.Linear(dim, self.codebook_dim) if projects else nn.Identity()
         self.project_out = nn.Linear(self.codebook_dim, dim) if projects else nn.Identity()
-        if ema_decay is not None:
-            self.codes: Codebook = EMACodebook(codebook_size, self.codebook_dim, ema_decay)
-        elif affine == "learned":
-            self.codes = AffineCodebook(codebook_size, self.codebook_dim, affine_groups, affine_lr)
-        elif affine == "running":
-            self.codes = RunningAffineCodebook(codebook_size, self.codebook_dim, affine_groups, affine_momentum)
-        else:
-            self.codes = Codebook(codebook_size, self.codebook_dim, affine_groups)
+        try:
+            self.codes = spec.build(codebook_size, self.codebook_dim)
+        except ValueError as err:  # e.g. groups that do not divide K: name the argument it came from
+            raise ValueError(f"codebook: {err}") from None
         self.register_buffer("initialized", torch.tensor(not self.kmeans_init))
         self.register_buffer("code_age", torch.zeros(codebook_size, dtype=torch.int64))
-        if self.dead_code_threshold > 0:  # inf = not yet observed (the first step's counts are copied)
+        if self.dead_code_threshold > 0:  # inf = not yet observed (the first call's counts are copied)
             self.register_buffer("usage_ema", torch.full((codebook_size,), float("inf")))
+        self._needs_init = self.kmeans_init
+        self._version = 0
+        self._records: collections.deque[_Record] = collections.deque(maxlen=_RECORDS)
+        self.register_load_state_dict_post_hook(_after_load)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, codebook_size={self.codebook_size}, codebook_dim={self.codebook_dim}, "
-                f"metric={self.metric!r}, affine={self.affine!r}, sync_nu={self.sync_nu}, "
+                f"codebook={self.codebook_spec.describe()}, metric={self.metric!r}, sync_nu={self.sync_nu}, "
                 f"alternating_steps={self.alternating_steps}, kmeans_init={self.kmeans_init}, "
                 f"dead_code_steps={self.dead_code_steps}, "
                 + (f"dead_code_threshold={self.dead_code_threshold}, " if self.dead_code_threshold else "")
-                + f"ema_decay={self.ema_decay}, estimator={self.estimator!r}")
+                + f"estimator={self.estimator!r}")
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        usage_ema = self._buffers.get("usage_ema")  # a running count: stays >= fp32
+        if usage_ema is not None and usage_ema.dtype not in (torch.float32, torch.float64):
+            self._buffers["usage_ema"] = usage_ema.float()
+        return self
 
     # ------------------------------------------------------------------------------------------
     # public API
@@ -256,33 +281,50 @@ class VectorQuantizer(Quantizer):
     def codebook(self) -> Tensor:
         """Effective code vectors ``(K, dim)`` (after affine, normalization and projection), detached."""
         with torch.no_grad():
-            return self.project_out(self.effective_codes())
+            return self._project_out(self.effective_codes())
 
-    def effective_codes(self) -> Tensor:
-        """The codes the search sees, ``(K, codebook_dim)``, differentiable w.r.t. the parameters."""
-        codes = self.codes()
+    def effective_codes(self, committed: bool = False) -> Tensor:
+        """The codes the search sees, ``(K, codebook_dim)``, differentiable w.r.t. the parameters.
+
+        ``committed``: without statistics still waiting to be folded in (EMA): the codes a training call uses.
+        """
+        codes = self.codes(committed)
         return F.normalize(codes, dim=-1) if self.metric == "cosine" else codes
 
-    def decode(self, indices: Tensor) -> Tensor:
-        """``indices`` ``(...)`` -> codes ``(..., dim)`` with the channel axis at ``channel_dim``."""
-        if not isinstance(indices, Tensor) or indices.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"indices: expected an int64 tensor, got {getattr(indices, 'dtype', type(indices))}")
-        out = self.project_out(F.embedding(indices.long(), self.effective_codes()))
+    def decode(self, indices: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """``indices`` ``(...)`` in ``[0, K)`` -> codes ``(..., dim)`` with the channel axis at ``channel_dim``:
+        exactly the eval-mode output for those indices (in ``dtype``, the input dtype of that forward)."""
+        indices = check_indices(indices, None, self.codebook_size)
+        out = self._project_out(F.embedding(indices, self.effective_codes()))
+        if dtype is not None:
+            out = out.to(dtype)
         return restore_channel_dim(out, self.channel_dim) if indices.ndim >= 1 else out
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
+    def initialize_codebook(self, x: Tensor, mask: Tensor | None = None) -> None:
+        """Run the k-means init now on ``x`` (the input of a forward), e.g. before compiling the training
+        step with ``fullgraph=True`` (the init itself is data-dependent and runs eagerly)."""
+        flat, valid, _ = flatten_input(self, x, mask)
+        with torch.no_grad():
+            z = self._project_in(flat)
+            if self.metric == "cosine":
+                z = F.normalize(z, dim=-1)
+            self._kmeans_init(z.detach(), None if valid is None else valid.to(accumulation_dtype(z)))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None) -> QuantizerOutput:
         """Quantize ``x``; see the class docstring for shapes."""
-        flat, weight, lead = _flatten(self, x, mask)
-        z = self.project_in(flat)
+        flat, valid, lead = flatten_input(self, x, mask, lens)
+        z = self._project_in(flat)
         if self.metric == "cosine":
             z = F.normalize(z, dim=-1)
         if self.estimator == "ste":  # gather, straight-through output and loss in one fused op
-            res = self.quantize_vectors(z, weight, output_nu=self.sync_nu)
-            out = self.project_out(res.codes)
+            res = self.quantize_vectors(z, valid, output_nu=self.sync_nu)
+            out = res.codes
         else:
-            res = self.quantize_vectors(z, weight)
-            out = self.project_out(_estimate(self.estimator, z, res.codes, self.sync_nu))
-        return QuantizerOutput(_unflatten(self, out, lead, x.dtype), res.indices.reshape(lead), res.loss, res.stats)
+            res = self.quantize_vectors(z, valid)
+            out = _estimate(self.estimator, z, res.codes, self.sync_nu)
+        out = _nan_rows(self._project_out(out), res.bad)
+        quantized = restore_channel_dim(out.to(x.dtype).reshape(*lead, self.dim), self.channel_dim)
+        return QuantizerOutput(quantized, res.indices.reshape(lead), res.loss, res.stats)
 
     # ------------------------------------------------------------------------------------------
     # the quantization step on flat vectors (reused by grouped / residual quantizers)
@@ -291,102 +333,177 @@ class VectorQuantizer(Quantizer):
     def search(self, z: Tensor, codes: Tensor) -> SearchResult:
         return nearest_code(z, codes, self.metric, memory_budget=self.memory_budget)
 
-    def quantize_vectors(self, z: Tensor, weight: Tensor | None = None, output_nu: float | None = None) -> VQResult:
+    def quantize_vectors(self, z: Tensor, valid: Tensor | None = None, output_nu: float | None = None) -> VQResult:
         """Assign ``z (N, codebook_dim)`` to codes, maintaining the codebook in training.
 
         Args:
             z: vectors in codebook space (already projected; l2-normalized for the cosine metric).
-            weight: optional ``(N,)`` float row weights, 0 for masked rows.
+            valid: optional ``(N,)`` bool, False for padding rows (which must hold finite values, e.g. 0).
             output_nu: if given, ``codes`` of the result is already the (synchronized, with this ``nu``)
                 straight-through output, computed with the loss in one fused op.
         Returns:
-            :class:`VQResult` with the selected codes (not yet passed through an estimator, unless
-            ``output_nu`` is given).
+            :class:`VQResult`; ``codes`` are the selected codes (not yet passed through an estimator,
+            unless ``output_nu`` is given).
         """
+        compiling = torch.compiler.is_compiling()
+        bad = None
+        if self.check_finite and not compiling:
+            check_nonfinite("x", z)
+        else:  # sync-free: non-finite rows become padding and come back as NaN with index -1
+            finite = torch.isfinite(z).all(-1)
+            bad = ~finite
+            valid = finite if valid is None else valid & finite
+            z = torch.where(finite[:, None], z, z.new_zeros(()))
         zd = z.detach()
-        if self.training:
-            self._maintain(zd, weight)
-            self.codes.update_statistics_(zd, weight)
-        codes = self.effective_codes()
-        found = self.search(zd, codes)
-        if self.training and self.alternating_steps > 0:
-            for step in range(self.alternating_steps):
-                counts, sums = assignment_sums(zd, found.indices, weight, self.codebook_size)
-                self.codes.alternating_step_(counts, sums, self.alternating_lr)
-                if step < self.alternating_steps - 1 or self.alternating_reassign:
-                    found = self.search(zd, self.effective_codes())
-            codes = self.effective_codes()
-        indices = found.indices
+        acc = accumulation_dtype(zd)
+        weight = None if valid is None else valid.to(acc)
+        training = self.training
+        replayed = None
+        if training and not compiling and _in_backward():
+            replayed = self._replay(zd)  # activation checkpointing recomputes this call: no maintenance
+        elif training:
+            self._maintain(zd, weight, compiling)
+
+        if replayed is not None:
+            indices = replayed
+        else:
+            with torch.no_grad():
+                indices = self.search(zd, self.effective_codes(training)).indices
+            if training and self.alternating_steps > 0:
+                for step in range(self.alternating_steps):
+                    counts, sums = assignment_sums(zd, indices, weight, self.codebook_size)
+                    self.codes.alternating_step_(counts, sums, self.alternating_lr)
+                    if step < self.alternating_steps - 1 or self.alternating_reassign:
+                        with torch.no_grad():
+                            indices = self.search(zd, self.effective_codes(True)).indices
+        codes = self.effective_codes(training)  # a snapshot: later maintenance cannot touch this graph
+
         if output_nu is None:
             selected = F.embedding(indices, codes)
-            total, commitment, codebook = vq_loss(z, selected, self.commitment_weight, self.codebook_weight, weight)
+            total, mse, _ = vq_loss(z, selected, self.commitment_weight, self.codebook_weight, weight)
         else:
-            selected, total, commitment = straight_through_with_loss(
+            selected, total, mse = straight_through_with_loss(
                 z, codes, indices, output_nu, self.commitment_weight, self.codebook_weight, weight)
-            codebook = commitment
-        if self.training and isinstance(self.codes, EMACodebook):
-            self.codes.ema_update_(*assignment_sums(zd, indices, weight, self.codebook_size))
 
-        counts = code_counts(indices, self.codebook_size, None if weight is None else weight > 0)
-        if self.training:
-            dist_utils.all_reduce_sum_(counts)
-            self.code_age.add_(1).masked_fill_(counts > 0, 0)
-            if self.dead_code_threshold > 0:
-                ema = self.usage_ema
-                ema.copy_(torch.where(ema.isinf(), counts, ema.lerp(counts, 1.0 - USAGE_EMA_DECAY)))
-        window = self.dead_code_steps or DEAD_CODE_WINDOW
-        if weight is None:
-            qerr = found.distances.mean() if found.distances.numel() else found.distances.sum()
+        if training and replayed is None:
+            counts = self._bookkeep(zd, indices, weight)
+            if not compiling:
+                self._records.append(_Record(zd.shape, _fingerprint(zd), indices.clone(), self._version))
         else:
-            qerr = (found.distances * weight).sum() / weight.sum().clamp_min(1.0)
+            counts = code_counts(indices, self.codebook_size, valid)
+        window = self.dead_code_steps or DEAD_CODE_WINDOW
+        mse = mse.detach()
         stats = {
             "usage": usage(counts),
             "perplexity": perplexity(counts),
             "dead_codes": (self.code_age >= window).sum().float(),
-            "quantization_error": qerr,
-            "commitment_loss": commitment,
-            "codebook_loss": codebook,
+            "quantization_error": mse * self.codebook_dim,
+            "vq_mse": mse,
+            "commitment_loss": mse * self.commitment_weight,
+            "codebook_loss": mse * self.codebook_weight,
         }
-        return VQResult(selected, indices, total, stats)
+        if bad is not None:
+            indices = torch.where(bad, -1, indices)
+        return VQResult(selected, indices, total, stats, bad)
 
     # ------------------------------------------------------------------------------------------
-    # data-dependent maintenance (host-synchronizing; kept out of torch.compile graphs)
+    # maintenance (training calls only; never touches a tensor an autograd graph saved)
     # ------------------------------------------------------------------------------------------
 
-    @torch.compiler.disable
-    def _maintain(self, z: Tensor, weight: Tensor | None) -> None:
-        if self.check_finite:
-            check_finite("x", z)
-        if not bool(self.initialized):
+    def _project_in(self, flat: Tensor) -> Tensor:
+        return apply_projection(self.project_in, flat)
+
+    def _project_out(self, codes: Tensor) -> Tensor:
+        return apply_projection(self.project_out, codes)
+
+    def _maintain(self, z: Tensor, weight: Tensor | None, compiling: bool) -> None:
+        """Before the search of a training call: fold deferred EMA statistics, k-means init (first call),
+        running statistics, dead-code replacement."""
+        self.codes.commit_()
+        if self._needs_init:
             self._kmeans_init(z, weight)
+        self.codes.update_statistics_(z, weight)
         if self.dead_code_steps > 0 or self.dead_code_threshold > 0:
-            self._replace_dead_codes(z, weight)
+            self._replace_dead_codes(z, weight, compiling)
+        if not compiling and self._maintenance_changes_state():
+            self._version += 1
+
+    def _maintenance_changes_state(self) -> bool:
+        """Whether a training call can change what the next call computes (then an earlier call's
+        checkpoint recomputation cannot be replayed after it)."""
+        return (self._needs_init or self.alternating_steps > 0 or self.dead_code_steps > 0
+                or self.dead_code_threshold > 0 or isinstance(self.codes, (EMACodebook, RunningAffineCodebook)))
 
     def _kmeans_init(self, z: Tensor, weight: Tensor | None) -> None:
         pool = gather_embeddings(z, weight, max_rows=max(4 * self.codebook_size, 16384))
-        if pool.shape[0] == 0:  # every rank's batch is fully masked: try again next step
+        if pool.shape[0] == 0:  # every rank's batch is fully masked: try again next call
             return
         centers = kmeans(pool, self.codebook_size, shared_generator(z.device), self.kmeans_iters, self.metric)
         self.codes.set_codes_(torch.arange(self.codebook_size, device=z.device), centers)
         self.initialized.fill_(True)
+        self._needs_init = False
 
-    def _replace_dead_codes(self, z: Tensor, weight: Tensor | None) -> None:
-        dead = self.code_age >= self.dead_code_steps if self.dead_code_steps > 0 else torch.zeros_like(self.code_age, dtype=torch.bool)
+    def _replace_dead_codes(self, z: Tensor, weight: Tensor | None, compiling: bool) -> None:
+        """Shape-static: up to ``MAX_REPLACEMENTS_PER_STEP`` dead codes (lowest indices first) take fresh
+        candidates drawn from this batch (all ranks); the rest wait for the next call."""
+        if self.dead_code_steps > 0:
+            dead = self.code_age >= self.dead_code_steps
+        else:
+            dead = torch.zeros_like(self.code_age, dtype=torch.bool)
         if self.dead_code_threshold > 0:
             dead = dead | (self.usage_ema < self.dead_code_threshold)
-        dead = dead.nonzero().squeeze(1)
-        if dead.numel() == 0:
-            return
-        pool = gather_embeddings(z, weight, max_rows=dead.numel())
-        if pool.shape[0] == 0:
-            return
-        new = sample_replacements(pool, dead.numel(), shared_generator(z.device))
+        if not compiling and z.device.type == "cpu" and not bool(dead.any()):
+            return  # free on CPU; identical on every rank (the ages and counts are all-reduced)
+        count = min(self.codebook_size, MAX_REPLACEMENTS_PER_STEP)
+        cand, any_valid = replacement_candidates(z, weight, count)
         if self.metric == "cosine":
-            new = F.normalize(new, dim=-1)
-        self.codes.set_codes_(dead, new)
-        self.code_age[dead] = 0
+            cand = F.normalize(cand, dim=-1)
+        slot = torch.cumsum(dead.to(torch.int64), 0) - 1
+        take = dead & (slot < count) & any_valid
+        self.codes.replace_codes_(take, cand[slot.clamp(0, count - 1)])
+        self.code_age.masked_fill_(take, 0)
         if self.dead_code_threshold > 0:
-            self.usage_ema[dead] = self.dead_code_threshold
+            self.usage_ema.copy_(torch.where(take, self.dead_code_threshold, self.usage_ema))
+
+    def _bookkeep(self, z: Tensor, indices: Tensor, weight: Tensor | None) -> Tensor:
+        """After the assignment of a training call: all-reduced counts, code ages, usage EMA, and the
+        EMA codebook's statistics for the next call. Returns the counts ``(K,)``."""
+        if isinstance(self.codes, EMACodebook):
+            counts, sums = assignment_sums(z, indices, weight, self.codebook_size)
+            self.codes.record_(counts, sums)
+        else:
+            counts = code_counts(indices, self.codebook_size, None if weight is None else weight > 0)
+            dist_utils.all_reduce_sum_(counts)
+        self.code_age.add_(1).masked_fill_(counts > 0, 0)
+        if self.dead_code_threshold > 0:
+            ema = self.usage_ema
+            c = counts.to(ema.dtype)
+            ema.copy_(torch.where(ema.isinf(), c, ema.lerp(c, 1.0 - USAGE_EMA_DECAY)))
+        return counts
+
+    def _replay(self, z: Tensor) -> Tensor:
+        """The assignment of the training call that activation checkpointing is recomputing now."""
+        fp = _fingerprint(z)
+        for rec in reversed(self._records):
+            if rec.shape == z.shape and torch.allclose(rec.fingerprint, fp, rtol=1e-6, atol=1e-9):
+                if rec.version != self._version:
+                    raise RuntimeError(
+                        "VectorQuantizer: activation checkpointing recomputes a call after this quantizer has "
+                        "already maintained its codebook again (it was called again in training mode before "
+                        "this backward); the recomputation cannot reproduce the original output. Call the "
+                        "quantizer outside the checkpointed region, or once per backward."
+                    )
+                return rec.indices
+        raise RuntimeError(
+            "VectorQuantizer: a training-mode forward ran inside a backward pass (activation checkpointing "
+            "recomputation) whose input matches none of the last training calls; the recomputed input differs "
+            "from the original (non-deterministic layers before the quantizer?)"
+        )
+
+
+def _after_load(module: VectorQuantizer, incompatible_keys) -> None:
+    module._needs_init = not bool(module.initialized)
+    module._version += 1  # recomputations of calls before the load cannot be replayed
 
 
 class GroupedVectorQuantizer(Quantizer):
@@ -407,41 +524,53 @@ class GroupedVectorQuantizer(Quantizer):
     def __init__(self, dim: int, codebook_size: int, groups: int, *, shared_codebook: bool = False,
                  channel_dim: int = -1, **kwargs) -> None:
         super().__init__(dim, channel_dim)
-        check_positive_int("groups", groups)
+        check_int("groups", groups, 1)
         if dim % groups != 0:
             raise ValueError(f"groups: expected a divisor of dim={dim}, got {groups}")
         self.groups = groups
-        self.shared_codebook = bool(shared_codebook)
+        self.shared_codebook = check_bool("shared_codebook", shared_codebook)
         n = 1 if shared_codebook else groups
         self.quantizers = nn.ModuleList(VectorQuantizer(dim // groups, codebook_size, **kwargs) for _ in range(n))
+        self.codebook_size = codebook_size
 
     @property
     def codebook(self) -> Tensor:
         """``(G or 1, K, dim / G)`` effective codebooks."""
         return torch.stack([q.codebook for q in self.quantizers])
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
-        flat, weight, lead = _flatten(self, x, mask)
-        parts = flat.view(-1, self.groups, self.dim // self.groups)
+    def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None) -> QuantizerOutput:
+        flat, valid, lead = flatten_input(self, x, mask, lens)
+        bad = None
+        if not (self.quantizers[0].check_finite and not torch.compiler.is_compiling()):
+            # a position with a non-finite entry in any group is padding in every group (NaN out, index -1)
+            finite = torch.isfinite(flat).all(-1)
+            bad = ~finite
+            valid = finite if valid is None else valid & finite
+            flat = torch.where(finite[:, None], flat, flat.new_zeros(()))
+        part = self.dim // self.groups
+        parts = flat.view(-1, self.groups, part)
         if self.shared_codebook:
-            vq = self.quantizers[0]
-            w = None if weight is None else weight.repeat_interleave(self.groups)
-            out = vq(parts.reshape(-1, self.dim // self.groups), None if w is None else w > 0)
-            quantized, indices, loss, stats = out.quantized.reshape(-1, self.dim), out.indices, out.loss, out.stats
-            indices = indices.reshape(*lead, self.groups)
+            v = None if valid is None else valid.repeat_interleave(self.groups)
+            out = self.quantizers[0](parts.reshape(-1, part), v)
+            quantized, loss, stats = out.quantized.reshape(-1, self.dim), out.loss, out.stats
+            indices = out.indices.reshape(*lead, self.groups)
         else:
-            outs = [vq(parts[:, g], None if weight is None else weight > 0) for g, vq in enumerate(self.quantizers)]
+            outs = [vq(parts[:, g], valid) for g, vq in enumerate(self.quantizers)]
             quantized = torch.cat([o.quantized for o in outs], dim=-1)
             indices = torch.stack([o.indices for o in outs], dim=-1).reshape(*lead, self.groups)
             loss = torch.stack([o.loss for o in outs]).mean()
             stats = _mean_stats([o.stats for o in outs])
-        return QuantizerOutput(_unflatten(self, quantized, lead, x.dtype), indices, loss, stats)
+        if bad is not None:
+            quantized = _nan_rows(quantized.reshape(-1, self.dim), bad)
+            indices = torch.where(bad.reshape(*lead, 1), -1, indices)
+        quantized = restore_channel_dim(quantized.to(x.dtype).reshape(*lead, self.dim), self.channel_dim)
+        return QuantizerOutput(quantized, indices, loss, stats)
 
-    def decode(self, indices: Tensor) -> Tensor:
+    def decode(self, indices: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """``(..., G)`` indices -> ``(..., dim)`` (channel axis at ``channel_dim``)."""
-        if indices.shape[-1:] != (self.groups,):
-            raise ValueError(f"indices: expected a trailing axis of size groups={self.groups}, got {tuple(indices.shape)}")
-        parts = [self.quantizers[0 if self.shared_codebook else g].decode(indices[..., g]) for g in range(self.groups)]
+        indices = check_indices(indices, self.groups, self.codebook_size, trailing_name="groups")
+        parts = [self.quantizers[0 if self.shared_codebook else g].decode(indices[..., g], dtype)
+                 for g in range(self.groups)]
         # the inner quantizers are channel-last
         return restore_channel_dim(torch.cat(parts, dim=-1), self.channel_dim)
 
@@ -457,37 +586,46 @@ class ResidualVectorQuantizer(Quantizer):
         dim: input channels.
         codebook_size: codes per level.
         num_levels: L.
-        shared_codebook: one codebook used at every level (its maintenance counters then advance once per
-            level per step).
+        shared_codebook: one codebook used at every level (its maintenance then runs once per level per
+            call: every level's assignment counts for its dead-code timers).
         codebook_dim: shared projection dimension (projection in/out around all levels).
-        sync_nu, estimator: as in :class:`VectorQuantizer`, applied to the sum.
+        sync_nu, estimator: as in :class:`VectorQuantizer`, applied to the sum (default ``sync_nu`` 1.0, 0.0
+            with an EMA codebook).
         channel_dim: channel axis.
-        **kwargs: :class:`VectorQuantizer` arguments of each level.
+        **kwargs: :class:`VectorQuantizer` arguments of each level (their own ``sync_nu`` is not used).
 
     Shapes: ``indices`` get a trailing axis of size L; ``loss`` is the sum of the level losses; stats are
     averaged over levels.
     """
 
     def __init__(self, dim: int, codebook_size: int, num_levels: int, *, shared_codebook: bool = False,
-                 codebook_dim: int | None = None, sync_nu: float = 1.0, estimator: str = "ste",
+                 codebook_dim: int | None = None, sync_nu: float | None = None, estimator: str = "ste",
                  channel_dim: int = -1, **kwargs) -> None:
         super().__init__(dim, channel_dim)
-        check_positive_int("num_levels", num_levels)
+        check_int("num_levels", num_levels, 1)
         check_choice("estimator", estimator, ESTIMATORS)
-        if sync_nu < 0:
-            raise ValueError(f"sync_nu: expected a float >= 0, got {sync_nu!r}")
+        if codebook_dim is not None:
+            check_int("codebook_dim", codebook_dim, 1)
         if kwargs.get("metric", "euclidean") != "euclidean":
             raise ValueError(f"metric: residual quantization needs metric='euclidean' (residuals are not unit "
                              f"vectors), got {kwargs['metric']!r}")
+        spec = codebook_spec(kwargs.pop("codebook", "affine"))
+        if sync_nu is None:
+            sync_nu = 1.0 if spec.learns_by_gradient else 0.0
+        check_float("sync_nu", sync_nu, low=0.0)
+        if sync_nu > 0 and not spec.learns_by_gradient:
+            raise ValueError(f"sync_nu: an {spec.kind!r} codebook takes no gradient; pass sync_nu=0.0 (got {sync_nu})")
         self.num_levels = num_levels
-        self.shared_codebook = bool(shared_codebook)
+        self.shared_codebook = check_bool("shared_codebook", shared_codebook)
         self.codebook_dim = codebook_dim or dim
+        self.codebook_size = codebook_size
         self.sync_nu, self.estimator = float(sync_nu), estimator
         projects = self.codebook_dim != dim
         self.project_in = nn.Linear(dim, self.codebook_dim) if projects else nn.Identity()
         self.project_out = nn.Linear(self.codebook_dim, dim) if projects else nn.Identity()
         n = 1 if shared_codebook else num_levels
-        self.levels = nn.ModuleList(VectorQuantizer(self.codebook_dim, codebook_size, **kwargs) for _ in range(n))
+        self.levels = nn.ModuleList(
+            VectorQuantizer(self.codebook_dim, codebook_size, codebook=spec, sync_nu=0.0, **kwargs) for _ in range(n))
 
     def _level(self, i: int) -> VectorQuantizer:
         return self.levels[0 if self.shared_codebook else i]
@@ -499,30 +637,38 @@ class ResidualVectorQuantizer(Quantizer):
         with torch.no_grad():
             return torch.stack([q.effective_codes() for q in self.levels])
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
-        flat, weight, lead = _flatten(self, x, mask)
-        z = self.project_in(flat)
-        residual, total, indices, losses, stats = z, None, [], [], []
+    def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None) -> QuantizerOutput:
+        flat, valid, lead = flatten_input(self, x, mask, lens)
+        z = apply_projection(self.project_in, flat)
+        residual, total, indices, losses, stats, bad = z, None, [], [], [], None
         for i in range(self.num_levels):
-            res = self._level(i).quantize_vectors(residual, weight)
+            res = self._level(i).quantize_vectors(residual, valid)
+            if res.bad is not None:  # non-finite rows stay padding at every level
+                bad = res.bad if bad is None else bad | res.bad
+                valid = ~bad if valid is None else valid & ~bad
+                residual = torch.where(bad[:, None], residual.new_zeros(()), residual)
             residual = residual - res.codes.detach().to(residual.dtype)
             total = res.codes if total is None else total + res.codes
             indices.append(res.indices)
             losses.append(res.loss)
             stats.append(res.stats)
-        out = self.project_out(_estimate(self.estimator, z, total, self.sync_nu))
+        z = z if bad is None else torch.where(bad[:, None], z.new_zeros(()), z)
+        out = _nan_rows(apply_projection(self.project_out, _estimate(self.estimator, z, total, self.sync_nu)), bad)
+        stacked = torch.stack(indices, dim=-1)
+        if bad is not None:
+            stacked = torch.where(bad[:, None], -1, stacked)
         return QuantizerOutput(
-            _unflatten(self, out, lead, x.dtype),
-            torch.stack(indices, dim=-1).reshape(*lead, self.num_levels),
+            restore_channel_dim(out.to(x.dtype).reshape(*lead, self.dim), self.channel_dim),
+            stacked.reshape(*lead, self.num_levels),
             torch.stack(losses).sum(),
             _mean_stats(stats),
         )
 
-    def decode(self, indices: Tensor) -> Tensor:
+    def decode(self, indices: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """``(..., L)`` indices -> ``(..., dim)`` (channel axis at ``channel_dim``)."""
-        if indices.shape[-1:] != (self.num_levels,):
-            raise ValueError(
-                f"indices: expected a trailing axis of size num_levels={self.num_levels}, got {tuple(indices.shape)}")
-        total = sum(F.embedding(indices[..., i].long(), self._level(i).effective_codes())
-                    for i in range(self.num_levels))
-        return restore_channel_dim(self.project_out(total), self.channel_dim)
+        indices = check_indices(indices, self.num_levels, self.codebook_size, trailing_name="num_levels")
+        total = sum(F.embedding(indices[..., i], self._level(i).effective_codes()) for i in range(self.num_levels))
+        out = apply_projection(self.project_out, total)
+        if dtype is not None:
+            out = out.to(dtype)
+        return restore_channel_dim(out, self.channel_dim)

@@ -16,14 +16,14 @@ Rungs (cumulative from ``plain`` to ``replace``; the comparisons start from plai
 - ``peer``: comparison: vector-quantize-pytorch ``VectorQuantize`` (EMA, ``kmeans_init=True``,
   ``threshold_ema_dead_code=2``); needs ``pip install vector-quantize-pytorch``
 
-Settings a rung does not give (e.g. ``affine_lr``, ``alternating_lr``, the loss weights) are the library
+Settings a rung does not give (e.g. ``alternating_lr``, the loss weights, the codebook spec's fields) are the library
 defaults of the moment; the table lists every argument as built, given and defaulted.
 
 Each (rung, seed) trains into ``OUT/<rung>/seed<k>`` (finished runs are reused, so an interrupted
 ablation continues where it stopped); the table ``OUT/ablation.md`` (+ ``ablation.json``) gives mean +-
 std over seeds of the held-out usage, perplexity and MSE (or accuracy), and ``OUT/curves_*.png`` overlay
 the held-out curves. ``fixes`` passes explicit keyword arguments to the vqkit VQ rungs that use the fix
-(e.g. ``{"affine_lr": 2.0}`` reaches the rungs with the affine codebook; never ``defaults``).
+(e.g. ``{"alternating_lr": 0.5}`` reaches the rungs with alternating steps; never ``defaults``).
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ def _codebook_size(base: QuantizerConfig) -> int:
 def _vq(**flags: Any) -> Callable[[QuantizerConfig, dict[str, Any]], QuantizerConfig]:
     def make(base: QuantizerConfig, fixes: dict[str, Any]) -> QuantizerConfig:
         args = {**base.args, **PLAIN_STE, **flags}
-        # explicit fix settings apply where the rung uses that fix (e.g. affine_lr only with affine)
+        # explicit fix settings apply where the rung uses that fix (e.g. alternating_lr only with alternating steps)
         for k, v in fixes.items():
-            uses = {"affine_lr": args.get("affine") == "learned", "affine_groups": args.get("affine") is not None,
+            uses = {
                     "sync_nu": args.get("sync_nu", 0) > 0, "dead_code_steps": args.get("dead_code_steps", 0) > 0,
                     "dead_code_threshold": args.get("dead_code_steps", 0) > 0,
                     "alternating_lr": args.get("alternating_steps", 0) > 0,
@@ -104,7 +104,7 @@ def _peer(base: QuantizerConfig, fixes: dict[str, Any]) -> QuantizerConfig:
 
 _KM = dict(kmeans_init=True)
 _SYNC = dict(_KM, sync_nu=1.0)
-_AFF = dict(_SYNC, affine="learned")
+_AFF = dict(_SYNC, codebook="affine")
 _ALT = dict(_AFF, alternating_steps=1)
 _REPLACE = dict(_ALT, dead_code_steps=20)
 
@@ -116,7 +116,7 @@ LADDER: tuple[Rung, ...] = (
     Rung("alternating", "+ alternating", _vq(**_ALT)),
     Rung("replace", "+ dead-code replacement", _vq(**_REPLACE)),
     Rung("defaults", "vqkit defaults", _defaults),
-    Rung("ema", "EMA codebook + replacement (k-means init)", _vq(**_KM, ema_decay=0.99, dead_code_steps=20)),
+    Rung("ema", "EMA codebook + replacement (k-means init)", _vq(**_KM, codebook={"kind": "ema", "decay": 0.99}, dead_code_steps=20)),
     Rung("rotation", "rotation trick (k-means init)", _vq(**_KM, estimator="rotation")),
     Rung("fsq", "FSQ", _fsq),
     Rung("peer", "vector-quantize-pytorch (EMA, k-means, dead code 2; its default rotation trick)", _peer),
@@ -142,7 +142,7 @@ def _select(rungs: Sequence[str] | None) -> list[Rung]:
     return [by_key[k] for k in rungs]
 
 
-_QUIET = ("channel_dim", "check_finite", "memory_budget", "kmeans_iters", "affine_momentum", "affine_groups",
+_QUIET = ("channel_dim", "check_finite", "memory_budget", "kmeans_iters",
           "codebook_dim", "metric")
 
 
