@@ -22,7 +22,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from vqkit.quantizers.ternary import freeze_model, packed_size_report, quantize_model
+from vqkit.ternary import freeze_model, packed_size_report, quantize_model
 
 
 def digits_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

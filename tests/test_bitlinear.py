@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqkit.quantizers.ternary import (
+from vqkit.ternary import (
     BitLinear,
     freeze_model,
     pack_ternary,

@@ -14,37 +14,37 @@ For random leading shapes, channel axes, dtypes, masks and train/eval mode:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from vqkit import FSQ, GroupedVectorQuantizer, LatentQuantizer, ResidualVectorQuantizer, VectorQuantizer
+from vqkit import list_quantizers, make_quantizer
+from vqkit.quantizers import REQUIRED_STATS
+from vqkit.quantizers.registry import get_quantizer
 
 DIM = 6
 
-#: name -> (factory, trailing index axis size or None)
-FACTORIES: dict[str, tuple[Callable[[int], nn.Module], int | None]] = {
-    "vq": (lambda cd: VectorQuantizer(DIM, 12, channel_dim=cd, dead_code_steps=1), None),
-    "vq-ema-threshold": (lambda cd: VectorQuantizer(DIM, 12, channel_dim=cd, codebook="ema", dead_code_steps=1,
-                                                    dead_code_threshold=1.0), None),
-    "vq-running-cosine": (lambda cd: VectorQuantizer(DIM, 12, channel_dim=cd, codebook="running_affine",
-                                                     metric="cosine"), None),
-    "vq-projected-rotation": (lambda cd: VectorQuantizer(DIM, 12, channel_dim=cd, codebook_dim=3,
-                                                         estimator="rotation"), None),
-    "grouped": (lambda cd: GroupedVectorQuantizer(DIM, 8, 2, channel_dim=cd, dead_code_steps=1), 2),
-    "grouped-shared": (lambda cd: GroupedVectorQuantizer(DIM, 8, 3, shared_codebook=True, channel_dim=cd), 3),
-    "residual": (lambda cd: ResidualVectorQuantizer(DIM, 8, 2, channel_dim=cd, dead_code_steps=1), 2),
-    "residual-shared-projected": (lambda cd: ResidualVectorQuantizer(DIM, 8, 3, shared_codebook=True, codebook_dim=4,
-                                                                     channel_dim=cd), 3),
-    "fsq": (lambda cd: FSQ([5, 4, 3], dim=DIM, channel_dim=cd), None),
-    "fsq-groups": (lambda cd: FSQ([3, 3, 2], num_codebooks=2, channel_dim=cd), 2),
-    "latent": (lambda cd: LatentQuantizer(DIM, 4, channel_dim=cd), None),
-    "latent-per-dim": (lambda cd: LatentQuantizer(DIM, [2, 3, 4, 5, 6, 7], index_mode="per_dim", channel_dim=cd), DIM),
+#: extra configurations run beside each registered quantizer's own example (name -> kwargs)
+VARIANTS: dict[str, list[dict]] = {
+    "vq": [dict(codebook_size=12, dead_code_steps=1),
+           dict(codebook_size=12, codebook="ema", dead_code_steps=1, dead_code_threshold=1.0),
+           dict(codebook_size=12, codebook="running_affine", metric="cosine"),
+           dict(codebook_size=12, codebook_dim=3, estimator="rotation")],
+    "grouped_vq": [dict(codebook_size=8, groups=3, shared_codebook=True)],
+    "residual_vq": [dict(codebook_size=8, num_levels=3, shared_codebook=True, codebook_dim=4)],
+    "fsq": [dict(levels=[3, 3, 2], num_codebooks=2)],
+    "latent": [dict(values_per_dim=[2, 3, 4, 5, 6, 7], index_mode="per_dim")],
 }
+
+CASES = [(name, kwargs) for name in list_quantizers(include_optional=False)
+         for kwargs in [get_quantizer(name).example, *VARIANTS.get(name, [])]]
+IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CASES)]
+
+
+def _build(name: str, kwargs: dict, channel_dim: int) -> nn.Module:
+    return make_quantizer(name, DIM, channel_dim=channel_dim, **kwargs)
 
 
 @st.composite
@@ -71,14 +71,19 @@ def _channel_last(t, channel_dim):
     return t.movedim(channel_dim, -1)
 
 
-@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_every_registered_quantizer_is_covered():
+    assert set(list_quantizers(include_optional=False)) <= {name for name, _ in CASES}
+    assert {"vq", "grouped_vq", "residual_vq", "fsq", "latent"} <= set(list_quantizers())
+
+
+@pytest.mark.parametrize("name,kwargs", CASES, ids=IDS)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=cases())
-def test_contract(name, case):
+def test_contract(name, kwargs, case):
     lead, channel_dim, dtype, masked, training, seed = case
-    factory, trailing = FACTORIES[name]
     torch.manual_seed(seed)
-    q = factory(channel_dim).to(dtype if dtype == torch.float64 else torch.float32)
+    q = _build(name, kwargs, channel_dim).to(dtype if dtype == torch.float64 else torch.float32)
+    trailing = q.index_layout.trailing
     q.train(training)
     x = _input(lead, channel_dim, dtype, seed).requires_grad_()
     mask = None
@@ -88,12 +93,17 @@ def test_contract(name, case):
 
     torch.manual_seed(seed)
     out = q(x, mask)
+    quantized, indices, loss = out  # unpacks as a 3-tuple
+    assert quantized is out.quantized and indices is out.indices and loss is out.loss
     # shapes and dtypes
     assert out.quantized.shape == x.shape and out.quantized.dtype == x.dtype
-    expected = tuple(lead) + ((trailing,) if trailing else ())
+    expected = tuple(lead) + tuple(trailing)
     assert out.indices.shape == expected and out.indices.dtype == torch.int64
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
     assert all(not v.requires_grad and v.ndim == 0 for v in out.stats.values())
+    assert set(REQUIRED_STATS) <= set(out.stats)
+    high = q.index_layout.high()
+    assert bool((out.indices >= 0).all()) and bool((out.indices < high).all())
     # finite gradients
     if out.quantized.requires_grad:
         (out.quantized.float().square().sum() + out.loss).backward()
@@ -119,17 +129,17 @@ def test_contract(name, case):
     with torch.no_grad():
         ev = q(x.detach())
         assert torch.equal(q.decode(ev.indices, x.dtype), ev.quantized)
-        fresh = factory(channel_dim).to(dtype if dtype == torch.float64 else torch.float32)
+        fresh = _build(name, kwargs, channel_dim).to(dtype if dtype == torch.float64 else torch.float32)
         fresh.load_state_dict(q.state_dict(), strict=True)
         fresh.eval()
         again = fresh(x.detach())
         assert torch.equal(again.quantized, ev.quantized) and torch.equal(again.indices, ev.indices)
 
 
-@pytest.mark.parametrize("name", sorted(FACTORIES))
-def test_bad_input_is_named(name):
-    factory, trailing = FACTORIES[name]
-    q = factory(-1)
+@pytest.mark.parametrize("name,kwargs", CASES, ids=IDS)
+def test_bad_input_is_named(name, kwargs):
+    q = _build(name, kwargs, -1)
+    trailing = q.index_layout.trailing
     with pytest.raises(ValueError, match=r"x: expected size 6 on channel_dim=-1"):
         q(torch.randn(3, DIM + 1))
     with pytest.raises(ValueError, match="x: expected at least 2 dims"):
@@ -144,7 +154,7 @@ def test_bad_input_is_named(name):
         q(torch.randn(3, DIM), torch.ones(3))
     with pytest.raises(ValueError, match="x: expected finite values"):
         q(torch.full((3, DIM), float("nan")))
-    shape = (3, trailing) if trailing else (3,)
+    shape = (3, *trailing)
     with pytest.raises(TypeError, match="indices: expected an integer"):
         q.decode(torch.zeros(shape))
     with pytest.raises(ValueError, match="indices: expected values in"):

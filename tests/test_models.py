@@ -7,7 +7,7 @@ import torch
 
 from vqkit.models import (
     MODEL_KINDS,
-    QUANTIZER_KINDS,
+    quantizer_kinds,
     VQVAE,
     build_model,
     build_quantizer,
@@ -22,8 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # small quantizer configs per kind, and the trailing index axis each adds
 QUANTIZERS = {
     "vq": (dict(codebook_size=32), ()),
-    "grouped": (dict(codebook_size=16, groups=2), (2,)),
-    "residual": (dict(codebook_size=16, num_levels=3), (3,)),
+    "grouped_vq": (dict(codebook_size=16, groups=2), (2,)),
+    "residual_vq": (dict(codebook_size=16, num_levels=3), (3,)),
     "fsq": (dict(levels=[5, 4, 3]), ()),
     "latent": (dict(values_per_dim=3, index_mode="per_dim"), None),  # trailing axis = feature width
 }
@@ -86,10 +86,10 @@ def test_factory_builds_fsq_from_codebook_size():
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda: build_quantizer("vqq", 8, codebook_size=4), r"quantizer.kind: expected one of .*'vqq'"),
+    (lambda: build_quantizer("vqq", 8, codebook_size=4), r"quantizer.kind: unknown quantizer 'vqq'; registered: .*residual_vq"),
     (lambda: build_quantizer("vq", 8, codebok_size=4), r"quantizer.codebok_size: unknown key; valid keys: .*codebook_size"),
     (lambda: build_quantizer("vq", 8), r"quantizer.codebook_size: required"),
-    (lambda: build_quantizer("fsq", 8, levels=[5, 5], codebook_size=256), r"either levels or codebook_size"),
+    (lambda: build_quantizer("fsq", 8, levels=[5, 5], codebook_size=256), r"levels: give either levels .* or codebook_size, not both"),
     (lambda: build_model("vgg", (1, 8, 8), 10, dict(kind="vq", codebook_size=4)), r"model.kind: expected one of"),
     (lambda: build_model("vqvae", (1, 8, 8), 10, dict(kind="vq", codebook_size=4), widht=3),
      r"model.widht: unknown key; valid keys: .*hidden"),
@@ -108,9 +108,9 @@ def test_factory_errors_name_the_key(call, match):
 def test_argument_listings_cover_every_kind():
     for kind in MODEL_KINDS:
         assert "quantize_at" in model_arguments(kind) or kind == "vqvae"
-    for kind in QUANTIZER_KINDS[:-1]:  # vqpytorch lists the peer's own arguments when it is installed
+    for kind in quantizer_kinds():  # the registry's names (vqpytorch when the peer is installed)
         assert quantizer_arguments(kind)
-    assert "alternating_lr" in quantizer_arguments("grouped")  # forwarded to each group's VectorQuantizer
+    assert "alternating_lr" in quantizer_arguments("grouped_vq")  # forwarded to each group's VectorQuantizer
 
 
 def test_vqvae_is_fully_convolutional_over_its_grid():

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vqkit import FSQ, GroupedVectorQuantizer, LatentQuantizer, ResidualVectorQuantizer, VectorQuantizer
 from vqkit.codebooks import EMA, Affine, RunningAffine
-from vqkit.quantizers.ternary import BitLinear, quantize_model
+from vqkit.ternary import BitLinear, quantize_model
 from vqkit.search import nearest_code
 
 #: every maintenance technique, alone and together (k-means init happens in the first call of each test)

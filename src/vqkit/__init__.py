@@ -10,19 +10,19 @@ from .maintenance import kmeans
 from .quantizers import (
     FSQ,
     PLAIN_STE,
-    BitLinear,
     GroupedVectorQuantizer,
     LatentQuantizer,
     Quantizer,
     QuantizerOutput,
     ResidualVectorQuantizer,
     VectorQuantizer,
-    freeze_model,
     fsq_levels,
     latent_quantization_param_groups,
-    packed_size_report,
-    quantize_model,
+    list_quantizers,
+    make_quantizer,
+    register_quantizer,
 )
+from .ternary import BitLinear, freeze_model, packed_size_report, quantize_model
 from .search import SearchResult, nearest_code
 
 __version__ = "0.1.0"
@@ -42,6 +42,9 @@ __all__ = [
     "packed_size_report",
     "Quantizer",
     "QuantizerOutput",
+    "list_quantizers",
+    "make_quantizer",
+    "register_quantizer",
     "nearest_code",
     "SearchResult",
     "straight_through",

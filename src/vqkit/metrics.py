@@ -10,13 +10,19 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "MAX_HISTOGRAM_CODES",
     "code_counts",
+    "distinct_counts",
     "usage",
     "perplexity",
-    "codebook_stats",
+    "index_stats",
     "misalignment",
     "ste_error",
 ]
+
+#: largest codebook a stat histograms with K bins; larger (implicit) codebooks count distinct indices by
+#: sorting instead (O(N log N), no K-sized buffer).
+MAX_HISTOGRAM_CODES = 2**20
 
 
 def code_counts(indices: Tensor, codebook_size: int, mask: Tensor | None = None) -> Tensor:
@@ -41,17 +47,55 @@ def usage(counts: Tensor) -> Tensor:
 
 
 def perplexity(counts: Tensor) -> Tensor:
-    """``exp(entropy)`` of the assignment frequencies: ``(K,) -> ()``; 1 = collapse, K = uniform."""
-    total = counts.sum().clamp_min(1e-12)
+    """``exp(entropy)`` of the assignment frequencies over the last axis: ``(..., K) -> (...)``;
+    1 = collapse, K = uniform."""
+    total = counts.sum(-1, keepdim=True).clamp_min(1e-12)
     p = counts / total
-    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
     return entropy.exp()
 
 
-def codebook_stats(indices: Tensor, codebook_size: int, mask: Tensor | None = None) -> dict[str, Tensor]:
-    """``usage`` (fraction of codes used) and ``perplexity`` of one batch of indices."""
-    counts = code_counts(indices.detach(), codebook_size, mask)
-    return {"usage": usage(counts), "perplexity": perplexity(counts)}
+def distinct_counts(indices: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Counts of the distinct values of ``indices (N,)`` (masked rows excluded), without a K-sized
+    histogram: float32 ``(N,)``, one nonzero entry per distinct value (shape-static: sort + run ids)."""
+    flat = indices.reshape(-1)
+    w = torch.ones_like(flat, dtype=torch.float32) if mask is None else mask.reshape(-1).float()
+    if mask is not None:  # masked rows sort into their own run of weight 0
+        flat = torch.where(mask.reshape(-1), flat, flat.new_full((), -1))
+    order = torch.argsort(flat)
+    s, w = flat[order], w[order]
+    starts = torch.ones_like(s, dtype=torch.bool)
+    starts[1:] = s[1:] != s[:-1]
+    run = torch.cumsum(starts.to(torch.int64), 0) - 1
+    return torch.zeros_like(w).index_add_(0, run, w)
+
+
+def index_stats(indices: Tensor, sizes: tuple[int, ...], shared: bool = False,
+                mask: Tensor | None = None) -> dict[str, Tensor]:
+    """``usage`` and ``perplexity`` of a batch of indices, averaged over index columns.
+
+    Args:
+        indices: int64 ``(..., C)`` with ``C = len(sizes)`` trailing columns (or ``(...)`` for one column).
+        sizes: codes each column can take (see :class:`~vqkit.quantizers.base.IndexLayout`).
+        shared: the columns index one codebook: usage and perplexity are pooled over them.
+        mask: optional bool ``(...)`` (the leading shape; True = count this position).
+    Codebooks up to :data:`MAX_HISTOGRAM_CODES` are histogrammed, larger ones counted by sorting.
+    """
+    cols = indices.reshape(-1, len(sizes))
+    m = None if mask is None else mask.reshape(-1, 1).expand_as(cols)
+    if shared:
+        cols, m, sizes = cols.reshape(-1, 1), None if m is None else m.reshape(-1, 1), sizes[:1]
+    us, ps = [], []
+    for c, k in enumerate(sizes):
+        mc = None if m is None else m[:, c]
+        if k <= MAX_HISTOGRAM_CODES:
+            counts = code_counts(cols[:, c], k, mc)
+            us.append(usage(counts))
+        else:
+            counts = distinct_counts(cols[:, c], mc)
+            us.append((counts > 0).sum().float() / k)
+        ps.append(perplexity(counts))
+    return {"usage": torch.stack(us).mean(), "perplexity": torch.stack(ps).mean()}
 
 
 def misalignment(z: Tensor, codebook: Tensor, quantized: Tensor | None = None) -> dict[str, Tensor]:

@@ -14,16 +14,17 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["QUANTIZER_KINDS", "MODEL_KINDS", "DESCRIPTIONS", "PAPER_KWARGS", "PEER_KWARGS", "MODEL_SHAPE",
+from ..quantizers.vector import PAPER as PAPER_KWARGS
+
+__all__ = ["CASE_KINDS", "MODEL_KINDS", "DESCRIPTIONS", "PAPER_KWARGS", "PEER_KWARGS", "MODEL_SHAPE",
            "model_shape", "model_tokens",
            "predict_bytes", "build", "peer_available"]
 
 #: vqkit with the paper's fixes: affine re-parameterization + synchronized update + alternating step, and
 #: k-means init + dead-code replacement (which run only in the warm-up: see DESCRIPTIONS).
-PAPER_KWARGS = dict(codebook="affine", sync_nu=1.0, alternating_steps=1, kmeans_init=True, dead_code_steps=20)
 PEER_KWARGS = {"peer_ema": {}, "peer_learnable": dict(learnable_codebook=True, ema_update=False)}
 
-QUANTIZER_KINDS = ("floor", "floor_chunked", "vqkit_plain", "vqkit_paper", "peer_ema", "peer_learnable")
+CASE_KINDS = ("floor", "floor_chunked", "vqkit_plain", "vqkit_paper", "peer_ema", "peer_learnable")
 MODEL_KINDS = ("vqkit_paper", "vqkit_plain", "peer_ema", "peer_learnable")
 
 DESCRIPTIONS = {
@@ -124,16 +125,15 @@ def _chunked_floor(z: torch.Tensor, c: torch.Tensor) -> tuple[Callable[[], None]
 
 
 def _quantizer(kind: str, d: int, k: int, channel_dim: int = -1) -> torch.nn.Module:
+    from ..quantizers import PLAIN_STE, make_quantizer
+
     if kind.startswith("vqkit"):
-        from ..quantizers import PLAIN_STE, VectorQuantizer
-
         kwargs = PLAIN_STE if kind == "vqkit_plain" else PAPER_KWARGS
-        return VectorQuantizer(d, k, channel_dim=channel_dim, **kwargs)
+        return make_quantizer("vq", d, codebook_size=k, channel_dim=channel_dim, **kwargs)
     if kind.startswith("peer"):
-        if channel_dim != -1:
-            from ..models import PeerVectorQuantizer
-
-            return PeerVectorQuantizer(d, k, channel_dim=channel_dim, **PEER_KWARGS[kind])
+        if channel_dim != -1:  # the model rows need the contract's layout: the adapter
+            return make_quantizer("vqpytorch", d, codebook_size=k, channel_dim=channel_dim, **PEER_KWARGS[kind])
+        # the quantizer rows time the peer's own layer, without the adapter
         from vector_quantize_pytorch import VectorQuantize
 
         return VectorQuantize(dim=d, codebook_size=k, **PEER_KWARGS[kind])
@@ -190,15 +190,11 @@ def build(spec: dict, device: torch.device) -> tuple[Callable[[], None], dict]:
 def _build_model(kind: str, k: int, d: int, device: torch.device, quick: bool) -> tuple[Callable[[], None], dict]:
     s = model_shape(quick)
     make = lambda dim, channel_dim: _quantizer(kind, dim, k, channel_dim)  # noqa: E731
-    try:
-        from ..models import VQVAE
+    from ..models import VQVAE
 
-        model = VQVAE((s["channels"], s["size"], s["size"]), make_quantizer=make, hidden=s["hidden"], latent_dim=d,
-                      downsample=s["downsample"])
-        source = "vqkit.models.VQVAE"
-    except ImportError:  # the models package is optional for the benchmark
-        model = _TinyVQVAE(s["channels"], s["hidden"], d, s["downsample"], make)
-        source = "vqkit.bench.cases._TinyVQVAE"
+    model = VQVAE((s["channels"], s["size"], s["size"]), make_quantizer=make, hidden=s["hidden"], latent_dim=d,
+                  downsample=s["downsample"])
+    source = "vqkit.models.VQVAE"
     model = model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.rand(s["batch"], s["channels"], s["size"], s["size"], device=device)
@@ -206,36 +202,13 @@ def _build_model(kind: str, k: int, d: int, device: torch.device, quick: bool) -
 
     def step() -> None:
         out = model(x)
-        recon, qloss = (out.output, out.quant.loss) if hasattr(out, "quant") else out
-        loss = F.mse_loss(recon, x) + qloss.sum()
+        loss = F.mse_loss(out.output, x) + out.quant.loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         _sync(device)
 
     return step, {"model": source, "tokens": tokens, "params": sum(p.numel() for p in model.parameters())}
-
-
-class _TinyVQVAE(torch.nn.Module):
-    """Fallback conv VQ-VAE (used only if :mod:`vqkit.models` cannot be imported)."""
-
-    def __init__(self, c: int, hidden: int, latent: int, downsample: int, make) -> None:
-        super().__init__()
-        nn = torch.nn
-        enc = [nn.Conv2d(c, hidden, 3, padding=1)]
-        for _ in range(downsample):
-            enc += [nn.ReLU(), nn.Conv2d(hidden, hidden, 4, stride=2, padding=1)]
-        enc += [nn.ReLU(), nn.Conv2d(hidden, latent, 1)]
-        dec = [nn.Conv2d(latent, hidden, 3, padding=1)]
-        for _ in range(downsample):
-            dec += [nn.ReLU(), nn.ConvTranspose2d(hidden, hidden, 4, stride=2, padding=1)]
-        dec += [nn.ReLU(), nn.Conv2d(hidden, c, 3, padding=1)]
-        self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
-        self.quantizer = make(latent, 1)
-
-    def forward(self, x):
-        q = self.quantizer(self.encoder(x))
-        return self.decoder(q[0]), q[2]
 
 
 def flops_matmul(n: int, k: int, d: int) -> float:

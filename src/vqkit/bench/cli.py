@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .cases import QUANTIZER_KINDS
+from .cases import CASE_KINDS
 
 __all__ = ["main", "build_parser"]
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="file name stem (default: cpu-full or cpu-quick)")
     p.add_argument("--cells", nargs="+", metavar="NxKxD",
                    help="run only these cells, e.g. --cells 4096x512x64 32768x65536x64 (default: the grid's)")
-    p.add_argument("--kinds", nargs="+", default=list(QUANTIZER_KINDS), choices=list(QUANTIZER_KINDS),
+    p.add_argument("--kinds", nargs="+", default=list(CASE_KINDS), choices=list(CASE_KINDS),
                    help="cases to run (default: all)")
     p.add_argument("--no-model", action="store_true", help="skip the VQ-VAE model-level rows")
     p.add_argument("--threads", type=int, default=None, help="torch threads per case (default: torch's default)")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from . import system
-from .cases import DESCRIPTIONS, MODEL_KINDS, PAPER_KWARGS, PEER_KWARGS, QUANTIZER_KINDS, fmt_bytes, model_shape, \
+from .cases import DESCRIPTIONS, MODEL_KINDS, PAPER_KWARGS, PEER_KWARGS, CASE_KINDS, fmt_bytes, model_shape, \
     model_tokens, peer_available, predict_bytes
 from .worker import PREFIX
 
@@ -71,7 +71,7 @@ def run_benchmark(args, log=print) -> dict:
             if r.get("status") in ("ok", "skipped"):
                 previous[_key(r["spec"])] = r
 
-    kinds = [k for k in QUANTIZER_KINDS if k in args.kinds]
+    kinds = [k for k in CASE_KINDS if k in args.kinds]
     have_peer = peer_available()
     quiet = None
     if args.wait_quiet:

@@ -1,6 +1,6 @@
 """Adapter giving vector-quantize-pytorch's ``VectorQuantize`` the vqkit quantizer contract.
 
-Used as the peer row of ablations (``kind = "vqpytorch"`` in the quantizer factory); needs
+Registered as the optional quantizer ``"vqpytorch"`` (the peer row of ablations); needs
 ``pip install vector-quantize-pytorch==1.32.0`` (the ``[bench]`` extra). The wrapped layer is used as
 is: only the layout (``channel_dim``) and the output type are adapted, and usage / perplexity stats are
 added with :mod:`vqkit.metrics` so its logs read like vqkit's.
@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..metrics import code_counts, perplexity, usage
-from ..quantizers.base import Quantizer, QuantizerOutput, check_input, check_mask, move_channel_last, restore_channel_dim
+from ..metrics import index_stats
+from ..quantizers.base import IndexLayout, Quantizer, QuantizerOutput, flatten_input, restore_channel_dim
+from ..quantizers.registry import register_quantizer
 
 __all__ = ["PeerVectorQuantizer", "PEER_BEST_PRACTICE"]
 
@@ -45,8 +46,9 @@ def peer_arguments() -> list[str]:
             if n not in skip and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
 
 
+@register_quantizer("vqpytorch", example=dict(codebook_size=16))
 class PeerVectorQuantizer(Quantizer):
-    """``vector_quantize_pytorch.VectorQuantize`` behind :class:`QuantizerOutput`.
+    """vector-quantize-pytorch's ``VectorQuantize`` behind the vqkit quantizer contract (optional peer).
 
     Args:
         dim: input channels.
@@ -56,7 +58,8 @@ class PeerVectorQuantizer(Quantizer):
             ``threshold_ema_dead_code``, ``commitment_weight``).
 
     Shapes: as every vqkit quantizer: ``x (..., dim)`` -> same shape; ``indices`` int64 without the
-    channel axis; ``loss`` scalar (the peer's commitment loss).
+    channel axis; ``loss`` scalar (the peer's commitment loss). Padded positions (``mask`` / ``lens``) are
+    zeroed before they reach the peer, which also gets the mask.
     """
 
     def __init__(self, dim: int, codebook_size: int, *, channel_dim: int = -1, **kwargs: Any) -> None:
@@ -64,26 +67,29 @@ class PeerVectorQuantizer(Quantizer):
         self.codebook_size = int(codebook_size)
         self.vq = _import_peer()(dim=dim, codebook_size=codebook_size, **kwargs)
 
+    @classmethod
+    def accepted_arguments(cls) -> list[str]:
+        """``codebook_size`` and the installed ``VectorQuantize``'s keyword arguments."""
+        return ["codebook_size", *peer_arguments()]
+
+    @property
+    def index_layout(self) -> IndexLayout:
+        return IndexLayout((), (self.codebook_size,))
+
     @property
     def codebook(self) -> Tensor:
         """``(K, dim)`` code vectors, detached."""
         return self.vq.codebook.detach()
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
-        check_input("x", x, self.dim, self.channel_dim)
-        x_last = move_channel_last(x, self.channel_dim)
-        lead = x_last.shape[:-1]
-        check_mask(mask, lead)
-        tokens = x_last.reshape(x_last.shape[0] if x_last.ndim > 2 else 1, -1, self.dim)
-        token_mask = None if mask is None else mask.reshape(tokens.shape[:2])
-        quantized, indices, loss = self.vq(tokens, mask=token_mask)
+    def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None) -> QuantizerOutput:
+        flat, valid, lead = flatten_input(self, x, mask, lens)
+        tokens = flat.reshape(1, -1, self.dim)
+        quantized, indices, loss = self.vq(tokens, mask=None if valid is None else valid.reshape(1, -1))
         indices = indices.reshape(lead).long()
-        counts = code_counts(indices.detach(), self.codebook_size, mask)
-        stats = {"usage": usage(counts), "perplexity": perplexity(counts)}
-        out = restore_channel_dim(quantized.reshape(x_last.shape), self.channel_dim)
+        stats = index_stats(indices.detach(), (self.codebook_size,), mask=None if valid is None else valid.reshape(lead))
+        out = restore_channel_dim(quantized.reshape(*lead, self.dim).to(x.dtype), self.channel_dim)
         return QuantizerOutput(out, indices, loss.reshape(()).float(), stats)
 
-    def decode(self, indices: Tensor) -> Tensor:
-        """``(...)`` indices -> ``(..., dim)`` codes (channel axis at ``channel_dim``)."""
-        out = torch.nn.functional.embedding(indices.long(), self.codebook)
-        return restore_channel_dim(out, self.channel_dim) if indices.ndim >= 1 else out
+    def decode_codes(self, indices: Tensor) -> Tensor:
+        """``(...)`` indices -> ``(..., dim)`` codes, channel-last."""
+        return torch.nn.functional.embedding(indices, self.codebook)

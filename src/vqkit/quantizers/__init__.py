@@ -1,13 +1,21 @@
-"""All vqkit quantizers share the contract of :mod:`vqkit.quantizers.base`."""
+"""Every vqkit quantizer follows the contract of :mod:`vqkit.quantizers.base` and is registered by name in
+:mod:`vqkit.quantizers.registry` (``list_quantizers()``, ``make_quantizer(name, dim, **kwargs)``)."""
 
-from .base import Quantizer, QuantizerOutput
+from .base import REQUIRED_STATS, IndexLayout, Quantizer, QuantizerOutput
+from .registry import get_quantizer, list_quantizers, make_quantizer, quantizer_arguments, register_quantizer
 from .scalar import FSQ, LatentQuantizer, fsq_levels, latent_quantization_param_groups
-from .ternary import BitLinear, freeze_model, packed_size_report, quantize_model
 from .vector import PLAIN_STE, GroupedVectorQuantizer, ResidualVectorQuantizer, VectorQuantizer
 
 __all__ = [
     "Quantizer",
     "QuantizerOutput",
+    "IndexLayout",
+    "REQUIRED_STATS",
+    "register_quantizer",
+    "list_quantizers",
+    "get_quantizer",
+    "make_quantizer",
+    "quantizer_arguments",
     "VectorQuantizer",
     "GroupedVectorQuantizer",
     "ResidualVectorQuantizer",
@@ -16,8 +24,4 @@ __all__ = [
     "fsq_levels",
     "LatentQuantizer",
     "latent_quantization_param_groups",
-    "BitLinear",
-    "quantize_model",
-    "freeze_model",
-    "packed_size_report",
 ]

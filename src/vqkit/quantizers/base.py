@@ -9,8 +9,9 @@ that every quantizer rejects bad input with the same clear messages.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +21,8 @@ from ..validation import check_choice, check_int
 __all__ = [
     "QuantizerOutput",
     "Quantizer",
-    "check_positive_int",
+    "IndexLayout",
+    "REQUIRED_STATS",
     "check_choice",
     "check_input",
     "check_mask",
@@ -40,10 +42,12 @@ class QuantizerOutput:
 
     Attributes:
         quantized: the quantized tensor, same shape and dtype as the input.
-        indices: int64 code indices, the input's shape without the channel axis (plus a trailing
-            axis for grouped / residual / multi-codebook quantizers).
+        indices: int64 code indices, the input's shape without the channel axis, plus the quantizer's
+            trailing index axes (:attr:`Quantizer.index_layout`: groups, residual levels, ...).
         loss: scalar auxiliary loss to add to the task loss (a zero scalar where a method has none).
-        stats: detached scalar diagnostics (usage, perplexity, dead codes, quantization error ...).
+        stats: detached scalar diagnostics; every quantizer reports at least :data:`REQUIRED_STATS`.
+        extras: method-specific differentiable tensors (e.g. a residual quantizer's per-level partial
+            sums), empty unless asked for.
 
     Unpacks as a 3-tuple: ``quantized, indices, loss = out``.
     """
@@ -52,6 +56,7 @@ class QuantizerOutput:
     indices: Tensor
     loss: Tensor
     stats: dict[str, Tensor] = field(default_factory=dict)
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[Tensor]:
         return iter((self.quantized, self.indices, self.loss))
@@ -63,41 +68,118 @@ class QuantizerOutput:
         return (self.quantized, self.indices, self.loss)[i]
 
 
-class Quantizer(nn.Module):
-    """Base class: holds ``dim`` / ``channel_dim`` and the public decode API.
+#: stats keys every quantizer returns: codebook usage (fraction of codes used in the batch) and
+#: perplexity (exp of the entropy of the batch's code frequencies), pooled as the quantizer documents.
+REQUIRED_STATS = ("usage", "perplexity")
 
-    Subclasses implement ``forward(x, mask=None) -> QuantizerOutput`` and
-    ``decode(indices) -> Tensor`` (the eval-mode output for those indices, channel axis placed as in
-    ``forward``).
+
+@dataclass(frozen=True)
+class IndexLayout:
+    """How a quantizer's ``indices`` address codes.
+
+    Attributes:
+        trailing: shape of the index axes after the input's leading shape (``()`` for one index per
+            position; ``(G,)`` for groups, ``(L,)`` for residual levels, ``(G, L)`` for grouped residual).
+        sizes: number of codes each index column can take, one per column in row-major order over
+            ``trailing`` (one entry when ``trailing == ()``).
+        shared: every column indexes the same codebook (usage is then pooled over columns).
+    """
+
+    trailing: tuple[int, ...]
+    sizes: tuple[int, ...]
+    shared: bool = False
+
+    def __post_init__(self) -> None:
+        n = math.prod(self.trailing)
+        if len(self.sizes) != n:
+            raise ValueError(f"IndexLayout: {len(self.sizes)} sizes for {n} index columns {self.trailing}")
+
+    @property
+    def columns(self) -> int:
+        """Number of index columns (1 without trailing axes)."""
+        return len(self.sizes)
+
+    def high(self, device: torch.device | None = None) -> Tensor | int:
+        """Exclusive upper bound of each index column, broadcastable against ``indices``."""
+        if len(set(self.sizes)) == 1:
+            return self.sizes[0]
+        return torch.tensor(self.sizes, dtype=torch.int64, device=device).reshape(self.trailing)
+
+
+class Quantizer(nn.Module):
+    """Base class and contract of every vqkit quantizer.
+
+    A quantizer maps ``x`` (channels on ``channel_dim``) to a :class:`QuantizerOutput` and declares:
+
+    * ``codebook_size``: codes per index column (an int, or a tuple when columns differ);
+    * :attr:`index_layout`: the trailing index axes and the codes per column;
+    * :meth:`decode` ``(indices, dtype=None)``: exactly the eval-mode output for those indices, with the
+      index dtype / shape / range checked here (subclasses implement :meth:`decode_codes`);
+    * :attr:`codebook`: the code vectors in the output space, detached (shapes per class);
+      :attr:`latent_codebook` where the space the codes are searched in differs (projections);
+    * the stats in :data:`REQUIRED_STATS`.
+
+    Subclasses implement ``forward(x, mask=None, *, lens=None)``, ``index_layout`` and ``decode_codes``;
+    :meth:`from_dim` is how the registry builds one from ``dim`` and keyword arguments.
     """
 
     dim: int
     channel_dim: int
+    codebook_size: int | tuple[int, ...]
 
     def __init__(self, dim: int, channel_dim: int = -1) -> None:
         super().__init__()
-        check_positive_int("dim", dim)
+        check_int("dim", dim, 1)
         if not isinstance(channel_dim, int) or isinstance(channel_dim, bool):
             raise TypeError(f"channel_dim: expected an int axis (e.g. -1 or 1), got {channel_dim!r}")
         self.dim = dim
         self.channel_dim = channel_dim
 
-    def indices_to_codes(self, indices: Tensor) -> Tensor:
-        """Alias of :meth:`decode`."""
-        return self.decode(indices)
+    @classmethod
+    def from_dim(cls, dim: int, **kwargs: Any) -> Quantizer:
+        """Build for ``dim`` input channels (what :func:`vqkit.make_quantizer` calls)."""
+        return cls(dim, **kwargs)
 
-    def decode(self, indices: Tensor) -> Tensor:  # pragma: no cover - abstract
+    @property
+    def index_layout(self) -> IndexLayout:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def decode_codes(self, indices: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Validated int64 ``indices`` -> channel-last outputs ``(..., dim)``."""
+        raise NotImplementedError
+
+    def check_decode_indices(self, indices: object) -> Tensor:
+        """``indices`` as int64 after the dtype / trailing-shape / range checks of :attr:`index_layout`."""
+        layout = self.index_layout
+        return check_indices(indices, layout.trailing, layout.high(getattr(indices, "device", None)),
+                             trailing_name=self._trailing_name)
+
+    #: how errors name the trailing index axis (e.g. "groups")
+    _trailing_name: str | None = None
+
+    def decode(self, indices: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """``indices`` (as returned by ``forward``) -> exactly the eval-mode ``quantized`` for them, with the
+        channel axis at ``channel_dim``; ``dtype`` is the dtype of the forward input to reproduce (default:
+        the module's compute dtype)."""
+        out = self.decode_codes(self.check_decode_indices(indices))
+        if dtype is not None:
+            out = out.to(dtype)
+        return restore_channel_dim(out, self.channel_dim) if out.ndim >= 2 else out
+
+    @property
+    def codebook(self) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def latent_codebook(self) -> Tensor:
+        """The codes in the space they are searched in (before any output projection); the same as
+        :attr:`codebook` for quantizers without projections."""
+        return self.codebook
 
 
 # ----------------------------------------------------------------------------------------------
 # input checks
 # ----------------------------------------------------------------------------------------------
-
-
-def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
-    """Raise unless ``value`` is an int >= ``minimum``."""
-    return check_int(name, value, minimum)
 
 
 def check_input(name: str, x: object, dim: int, channel_dim: int) -> Tensor:
@@ -172,17 +254,22 @@ def check_nonfinite(name: str, x: Tensor) -> None:
 check_finite = check_nonfinite
 
 
-def check_indices(indices: object, trailing: int | None, high: Tensor | int, name: str = "indices",
+def check_indices(indices: object, trailing: int | tuple[int, ...] | None, high: Tensor | int, name: str = "indices",
                   trailing_name: str | None = None) -> Tensor:
-    """Integer tensor with an optional trailing axis of size ``trailing`` and values in ``[0, high)``
-    (``high`` may be a per-column tensor); returns it as int64. The range check syncs once (skipped
-    under ``torch.compile``)."""
+    """Integer tensor with trailing axes ``trailing`` (an int for one axis; None or ``()`` for none) and
+    values in ``[0, high)`` (``high`` may be a per-column tensor); returns it as int64. The range check
+    syncs once (skipped under ``torch.compile``)."""
     if not isinstance(indices, Tensor) or indices.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
         got = indices.dtype if isinstance(indices, Tensor) else type(indices).__name__
         raise TypeError(f"{name}: expected an integer (int64) tensor, got {got}")
-    if trailing is not None and (indices.ndim == 0 or indices.shape[-1] != trailing):
-        size = f"{trailing_name}={trailing}" if trailing_name else str(trailing)
-        raise ValueError(f"{name}: expected a trailing axis of size {size}, got shape {tuple(indices.shape)}")
+    trailing = () if trailing is None else ((trailing,) if isinstance(trailing, int) else tuple(trailing))
+    if trailing and (indices.ndim < len(trailing) or tuple(indices.shape[-len(trailing):]) != trailing):
+        if len(trailing) == 1:
+            size = f"{trailing_name}={trailing[0]}" if trailing_name else str(trailing[0])
+            what = f"a trailing axis of size {size}"
+        else:
+            what = f"trailing axes {trailing}" + (f" ({trailing_name})" if trailing_name else "")
+        raise ValueError(f"{name}: expected {what}, got shape {tuple(indices.shape)}")
     indices = indices.long()
     if not torch.compiler.is_compiling() and indices.numel() > 0:
         bad = (indices < 0) | (indices >= high)

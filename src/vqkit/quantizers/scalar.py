@@ -20,21 +20,20 @@ from torch import Tensor, nn
 
 from ..estimators import straight_through
 from ..losses import vq_loss
-from ..metrics import code_counts, perplexity, usage
+from ..metrics import MAX_HISTOGRAM_CODES, code_counts, index_stats, perplexity, usage
 from ..dtypes import accumulation_dtype
 from ..validation import check_bool, check_choice, check_float, check_int, check_int_sequence
 from .base import (
+    IndexLayout,
     QuantizerOutput,
     Quantizer,
     apply_projection,
     check_indices,
-    check_input,
-    check_mask,
     check_nonfinite,
-    lens_to_mask,
-    move_channel_last,
+    flatten_input,
     restore_channel_dim,
 )
+from .registry import register_quantizer
 
 __all__ = [
     "FSQ",
@@ -45,30 +44,40 @@ __all__ = [
     "MAX_HISTOGRAM_CODES",
 ]
 
-#: Largest implicit codebook for which ``stats`` holds a full histogram (usage / perplexity) and
-#: ``codebook`` materializes all codes. Above it a histogram would cost more than the batch itself.
-MAX_HISTOGRAM_CODES = 2**20
 
-#: Mentzer et al. 2023, recommended levels per target codebook size (products are approximate).
+#: FSQ levels per target codebook size. The sizes 2^8, 2^10, 2^12, 2^14 and 2^16 are the recommendations of
+#: Mentzer et al. 2023 (every L_i >= 5 where possible, products approximate the target); the others follow
+#: the same rule.
 FSQ_RECOMMENDED_LEVELS: dict[int, tuple[int, ...]] = {
     2**8: (8, 6, 5),
+    2**9: (8, 8, 8),
     2**10: (8, 5, 5, 5),
+    2**11: (8, 8, 6, 5),
     2**12: (7, 5, 5, 5, 5),
+    2**13: (8, 8, 6, 5, 5),
     2**14: (8, 8, 8, 6, 5),
+    2**15: (8, 8, 8, 8, 6),
     2**16: (8, 8, 8, 5, 5, 5),
+    2**17: (8, 8, 8, 8, 5, 5),
+    2**18: (8, 8, 8, 8, 8, 8),
 }
 
 _INT64_MAX = 2**63 - 1
 
 
-def fsq_levels(codebook_size: int) -> list[int]:
-    """The paper's recommended FSQ levels for a target codebook size (2^8, 2^10, 2^12, 2^14 or 2^16).
+def fsq_levels(codebook_size: int, nearest: bool = False) -> list[int]:
+    """FSQ levels for a target codebook size from :data:`FSQ_RECOMMENDED_LEVELS` (2^8 ... 2^18).
 
-    The product of the levels approximates the target (e.g. 2^8 -> [8, 6, 5], 240 codes).
+    ``nearest=True`` takes the listed size closest to ``codebook_size`` on a log scale (the product of the
+    levels approximates the target, e.g. 2^8 -> [8, 6, 5], 240 codes).
     """
-    if codebook_size not in FSQ_RECOMMENDED_LEVELS or isinstance(codebook_size, bool):
-        supported = ", ".join(f"2^{int(math.log2(k))}={k}" for k in FSQ_RECOMMENDED_LEVELS)
-        raise ValueError(f"codebook_size: expected one of {supported} (Mentzer et al. 2023), got {codebook_size!r}")
+    if isinstance(codebook_size, bool) or not isinstance(codebook_size, int) or codebook_size < 2:
+        raise ValueError(f"codebook_size: expected an int >= 2, got {codebook_size!r}")
+    if nearest:
+        codebook_size = min(FSQ_RECOMMENDED_LEVELS, key=lambda k: abs(math.log(k / codebook_size)))
+    if codebook_size not in FSQ_RECOMMENDED_LEVELS:
+        listed = ", ".join(f"2^{int(math.log2(k))}" for k in FSQ_RECOMMENDED_LEVELS)
+        raise ValueError(f"codebook_size: expected one of {listed} (or nearest=True), got {codebook_size!r}")
     return list(FSQ_RECOMMENDED_LEVELS[codebook_size])
 
 
@@ -96,16 +105,16 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return accumulation_dtype(dtype)
 
 
-def _finite_rows(module: Quantizer, z: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Non-finite input rows ``z (..., D)``: raise naming ``x`` (``check_finite``, eager), or (check off, or
-    under ``torch.compile``) zero them and return their ``(...)`` bool map, with the mask updated so they
+def _finite_rows(module: Quantizer, z: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Non-finite input rows of ``z (N, D)``: raise naming ``x`` (``check_finite``, eager), or (check off, or
+    under ``torch.compile``) zero them and return their ``(N,)`` bool map, with ``valid`` updated so they
     count as padding."""
     if module.check_finite and not torch.compiler.is_compiling():
         check_nonfinite("x", z)
-        return z, mask, None
+        return z, valid, None
     finite = torch.isfinite(z).all(-1)
-    z = torch.where(finite[..., None], z, z.new_zeros(()))
-    return z, finite if mask is None else mask & finite, ~finite
+    z = torch.where(finite[:, None], z, z.new_zeros(()))
+    return z, finite if valid is None else valid & finite, ~finite
 
 
 def _flat_mask(mask: Tensor | None, like: Tensor) -> Tensor | None:
@@ -117,10 +126,7 @@ def _flat_mask(mask: Tensor | None, like: Tensor) -> Tensor | None:
 
 def _grouped_perplexity(counts: Tensor, gather: Tensor, pad: Tensor) -> Tensor:
     """Mean over dimensions of the per-dimension perplexity; ``counts`` flat ``(sum V,)``."""
-    table = counts[gather].masked_fill(pad, 0.0)  # (D, Vmax)
-    p = table / table.sum(-1, keepdim=True).clamp_min(1e-12)
-    entropy = -(p * p.clamp_min(1e-12).log()).sum(-1)
-    return entropy.exp().mean()
+    return perplexity(counts[gather].masked_fill(pad, 0.0)).mean()  # (D, Vmax) table
 
 
 def _ragged_tables(radices: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
@@ -141,6 +147,7 @@ def _ragged_tables(radices: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
 # ----------------------------------------------------------------------------------------------
 
 
+@register_quantizer("fsq", example=dict(levels=[5, 4, 3]))
 class FSQ(Quantizer):
     """Finite scalar quantization (Mentzer et al. 2023).
 
@@ -183,6 +190,8 @@ class FSQ(Quantizer):
     fp16/bf16 inputs.
     """
 
+    _trailing_name = "num_codebooks"
+
     def __init__(
         self,
         levels: Sequence[int],
@@ -215,6 +224,17 @@ class FSQ(Quantizer):
         self.has_projections = self.dim != codebook_dim
         self.project_in = nn.Linear(self.dim, codebook_dim) if self.has_projections else nn.Identity()
         self.project_out = nn.Linear(codebook_dim, self.dim) if self.has_projections else nn.Identity()
+
+    @classmethod
+    def from_dim(cls, dim: int, *, levels: Sequence[int] | None = None, codebook_size: int | None = None,
+                 **kwargs) -> FSQ:
+        """For ``dim`` input channels (projected when ``dim != len(levels) * num_codebooks``), with ``levels``
+        or a ``codebook_size`` from :func:`fsq_levels`'s table (the nearest listed size)."""
+        if (levels is None) == (codebook_size is None):
+            raise ValueError("levels: give either levels (e.g. [8, 5, 5, 5]) or codebook_size, not both or neither")
+        if levels is None:
+            levels = fsq_levels(codebook_size, nearest=True)
+        return cls(levels, dim=dim, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"levels={list(self.levels)}, dim={self.dim}, num_codebooks={self.num_codebooks}, "
@@ -260,38 +280,26 @@ class FSQ(Quantizer):
     def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None) -> QuantizerOutput:
         """Quantize ``x``; ``mask`` / ``lens`` (padding, as in :class:`~vqkit.VectorQuantizer`) only affect
         ``stats`` (FSQ has no loss), and padded positions may hold anything."""
-        check_input("x", x, self.dim, self.channel_dim)
-        x_last = move_channel_last(x, self.channel_dim)
-        if lens is not None:
-            if mask is not None:
-                raise ValueError("lens: give either mask= or lens=, not both")
-            mask = lens_to_mask(lens, x_last.shape[:-1], x.device)
-        mask = check_mask(mask, x_last.shape[:-1])
-        if mask is not None:
-            x_last = torch.where(mask[..., None], x_last, x_last.new_zeros(()))
-        z = apply_projection(self.project_in, x_last)
-        z, mask, bad = _finite_rows(self, z, mask)
+        flat, valid, lead = flatten_input(self, x, mask, lens)
+        z = apply_projection(self.project_in, flat)
+        z, valid, bad = _finite_rows(self, z, valid)
         with torch.autocast(device_type=x.device.type, enabled=False):
             codes, digits = self.quantize_latents(z)
-            indices = (digits * self._basis).sum(-1)  # (..., G), int64, exact
+            indices = (digits * self._basis).sum(-1)  # (N, G), int64, exact
         out = apply_projection(self.project_out, codes).to(x.dtype)
-        stats = self._stats(digits, indices, mask)
+        stats = self._stats(digits, indices, valid)
         if bad is not None:
-            out = torch.where(bad[..., None], torch.full_like(out, float("nan")), out)
-            indices = torch.where(bad[..., None], -1, indices)
-        out = restore_channel_dim(out, self.channel_dim)
-        if self.num_codebooks == 1:
-            indices = indices.squeeze(-1)
+            out = torch.where(bad[:, None], torch.full_like(out, float("nan")), out)
+            indices = torch.where(bad[:, None], -1, indices)
+        out = restore_channel_dim(out.reshape(*lead, self.dim), self.channel_dim)
+        indices = indices.reshape(*lead, *self.index_layout.trailing)
         loss = torch.zeros((), dtype=torch.float32, device=x.device)
         return QuantizerOutput(out, indices, loss, stats)
 
     @torch.no_grad()
     def _stats(self, digits: Tensor, indices: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
-        stats: dict[str, Tensor] = {}
-        if self.codebook_size <= MAX_HISTOGRAM_CODES:
-            counts = code_counts(indices, self.codebook_size, _flat_mask(mask, indices))
-            stats["usage"] = usage(counts)
-            stats["perplexity"] = perplexity(counts)
+        # the groups share one implicit codebook: usage / perplexity pooled over them
+        stats = index_stats(indices, (self.codebook_size,) * self.num_codebooks, shared=True, mask=mask)
         if sum(self.levels) > MAX_HISTOGRAM_CODES:
             return stats
         level_bins = digits + self._level_offsets  # (..., G, n) into sum(levels) bins
@@ -301,10 +309,14 @@ class FSQ(Quantizer):
 
     # ------------------------------------------------------------------------------------------
 
-    def indices_to_latent_codes(self, indices: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-        """Indices -> codes before ``project_out``, ``(..., codebook_dim)`` in [-1, 1], channel-last."""
-        trailing = self.num_codebooks if self.num_codebooks > 1 else None
-        indices = check_indices(indices, trailing, self.codebook_size, trailing_name="num_codebooks")
+    @property
+    def index_layout(self) -> IndexLayout:
+        g = self.num_codebooks
+        return IndexLayout((g,) if g > 1 else (), (self.codebook_size,) * g)
+
+    def latent_codes(self, indices: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Validated int64 indices -> codes before ``project_out``, ``(..., codebook_dim)`` in [-1, 1],
+        channel-last, in at least fp32."""
         if self.num_codebooks == 1:
             indices = indices.unsqueeze(-1)
         digits = torch.div(indices.unsqueeze(-1), self._basis, rounding_mode="floor") % self._levels
@@ -312,40 +324,30 @@ class FSQ(Quantizer):
         codes = (digits - self._half_width).to(ct) / self._half_width.to(ct)
         return codes.flatten(-2)
 
-    def decode(self, indices: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        """Indices -> exactly the eval-mode ``forward`` output for them.
-
-        Args:
-            indices: int64 ``(...)`` (``(..., num_codebooks)`` when > 1) in ``[0, codebook_size)``.
-            dtype: output dtype (the input dtype of the forward you want to reproduce). Default: the
-                projection's dtype with projections, else float32.
-        Returns:
-            ``(..., dim)`` with the channel axis moved to ``channel_dim``.
-        """
-        codes = self.indices_to_latent_codes(indices)
-        out = apply_projection(self.project_out, codes)
-        if dtype is not None:
-            out = out.to(dtype)
-        return restore_channel_dim(out, self.channel_dim) if out.ndim >= 2 else out
+    def decode_codes(self, indices: Tensor) -> Tensor:
+        """Indices -> ``(..., dim)`` channel-last (the projection's dtype with projections, else fp32)."""
+        return apply_projection(self.project_out, self.latent_codes(indices))
 
     @property
-    def implicit_codebook(self) -> Tensor:
+    def latent_codebook(self) -> Tensor:
         """All ``K`` codes of one group before projection, ``(K, len(levels))`` in [-1, 1]."""
         self._check_materializable()
         k = torch.arange(self.codebook_size, device=self._basis.device)
-        digits = torch.div(k.unsqueeze(-1), self._basis, rounding_mode="floor") % self._levels
-        return (digits - self._half_width).float() / self._half_width.float()
+        return self.latent_codes(k)
 
     @property
     def codebook(self) -> Tensor:
-        """Effective codes, detached: ``(K, dim)`` (after ``project_out``) when ``num_codebooks == 1``;
-        with several groups a code of one group is not a vector of the output space, so this is the
-        per-group ``(K, len(levels))`` :attr:`implicit_codebook`."""
+        """Codes in the output space, detached: ``(K, dim)`` (after ``project_out``) for one group; for
+        several groups without projections each group's ``(K, len(levels))`` slice of the output, the same
+        for every group (with projections the output mixes the groups: use :attr:`latent_codebook`)."""
         with torch.no_grad():
-            codes = self.implicit_codebook
-            if self.num_codebooks > 1:
-                return codes
-            return apply_projection(self.project_out, codes).detach()
+            codes = self.latent_codebook
+            if self.num_codebooks == 1:
+                return apply_projection(self.project_out, codes).detach()
+            if self.has_projections:
+                raise ValueError("codebook: with num_codebooks > 1 and projections a group's code is not a vector of "
+                                 "the output space; use latent_codebook (K, len(levels)) or decode()")
+            return codes
 
     def _check_materializable(self) -> None:
         if self.codebook_size > MAX_HISTOGRAM_CODES:
@@ -362,6 +364,7 @@ class FSQ(Quantizer):
 INDEX_MODES = ("joint", "per_dim")
 
 
+@register_quantizer("latent", example=dict(values_per_dim=4))
 class LatentQuantizer(Quantizer):
     """Latent quantization (Hsu et al. 2023, QLAE): a learned scalar codebook per latent dimension.
 
@@ -399,6 +402,8 @@ class LatentQuantizer(Quantizer):
     of the ``sum(V_d)`` values used) and ``value_perplexity`` (mean per-dimension perplexity) always;
     joint ``usage`` / ``perplexity`` when ``index_mode="joint"`` and ``prod(V_d) <= 2^20``.
     """
+
+    _trailing_name = "dim"
 
     def __init__(
         self,
@@ -470,62 +475,45 @@ class LatentQuantizer(Quantizer):
 
     def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None) -> QuantizerOutput:
         """Quantize ``x``; see the class docstring for shapes."""
-        check_input("x", x, self.dim, self.channel_dim)
-        z = move_channel_last(x, self.channel_dim)
-        if lens is not None:
-            if mask is not None:
-                raise ValueError("lens: give either mask= or lens=, not both")
-            mask = lens_to_mask(lens, z.shape[:-1], x.device)
-        mask = check_mask(mask, z.shape[:-1])
-        if mask is not None:
-            z = torch.where(mask[..., None], z, z.new_zeros(()))
-        z, mask, bad = _finite_rows(self, z, mask)
+        flat, valid, lead = flatten_input(self, x, mask, lens)
+        z, valid, bad = _finite_rows(self, flat, valid)
         with torch.autocast(device_type=x.device.type, enabled=False):
             ct = _compute_dtype(z.dtype)
             z = z.to(ct)
-            local = self.nearest(z)
-            flat_pos = local + self._offsets  # (..., D) into ``values``
+            local = self.nearest(z)  # (N, D)
+            flat_pos = local + self._offsets  # (N, D) into ``values``
             q = self.values.to(ct)[flat_pos]  # differentiable w.r.t. the values
-            weight = None if mask is None else mask.reshape(-1).to(ct)
-            loss = vq_loss(z.reshape(-1, self.dim), q.reshape(-1, self.dim), self.commitment_weight,
-                           self.quantization_weight, weight).total
+            weight = None if valid is None else valid.to(ct)
+            loss = vq_loss(z, q, self.commitment_weight, self.quantization_weight, weight).total
             out = straight_through(z, q)
         indices = local if self.index_mode == "per_dim" else (local * self._basis).sum(-1)
-        stats = self._stats(flat_pos, indices, mask)
+        stats = self._stats(flat_pos, indices, valid)
         if bad is not None:
-            out = torch.where(bad[..., None], torch.full_like(out, float("nan")), out)
-            indices = torch.where(bad[..., None] if self.index_mode == "per_dim" else bad, -1, indices)
-        out = restore_channel_dim(out.to(x.dtype), self.channel_dim)
-        return QuantizerOutput(out, indices, loss.float(), stats)
+            out = torch.where(bad[:, None], torch.full_like(out, float("nan")), out)
+            indices = torch.where(bad[:, None] if self.index_mode == "per_dim" else bad, -1, indices)
+        out = restore_channel_dim(out.to(x.dtype).reshape(*lead, self.dim), self.channel_dim)
+        return QuantizerOutput(out, indices.reshape(*lead, *self.index_layout.trailing), loss.float(), stats)
 
     @torch.no_grad()
     def _stats(self, flat_pos: Tensor, indices: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
         counts = code_counts(flat_pos, self.values.numel(), _flat_mask(mask, flat_pos))
         stats = {"value_usage": usage(counts), "value_perplexity": _grouped_perplexity(counts, self._gather, self._pad)}
-        if self.index_mode == "joint" and self.codebook_size <= MAX_HISTOGRAM_CODES:
-            joint = code_counts(indices, self.codebook_size, mask)
-            stats["usage"] = usage(joint)
-            stats["perplexity"] = perplexity(joint)
-        return stats
+        return {**index_stats(indices, self.index_layout.sizes, mask=mask), **stats}
 
-    def decode(self, indices: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        """Indices -> exactly the eval-mode ``forward`` output for them.
-
-        Args:
-            indices: int64 ``(...)`` (joint) or ``(..., D)`` (per_dim).
-            dtype: output dtype (the forward input's dtype); default the values' dtype.
-        Returns:
-            ``(..., D)`` with the channel axis moved to ``channel_dim``.
-        """
+    @property
+    def index_layout(self) -> IndexLayout:
         if self.index_mode == "joint":
-            indices = check_indices(indices, None, self.codebook_size)
+            return IndexLayout((), (self.codebook_size,))
+        return IndexLayout((self.dim,), tuple(self.radices))
+
+    def decode_codes(self, indices: Tensor) -> Tensor:
+        """Joint ``(...)`` or per-dimension ``(..., D)`` indices -> ``(..., D)`` in the values' dtype."""
+        if self.index_mode == "joint":
             local = torch.div(indices.unsqueeze(-1), self._basis, rounding_mode="floor") % self._radices
         else:
-            local = check_indices(indices, self.dim, self._radices, trailing_name="dim")
+            local = indices
         ct = _compute_dtype(self.values.dtype)
-        out = self.values.to(ct)[local + self._offsets]
-        out = out.to(dtype if dtype is not None else self.values.dtype)
-        return restore_channel_dim(out, self.channel_dim) if out.ndim >= 2 else out
+        return self.values.to(ct)[local + self._offsets].to(self.values.dtype)
 
     @property
     def codebook(self) -> Tensor:

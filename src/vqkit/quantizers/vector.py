@@ -39,6 +39,7 @@ from ..metrics import code_counts, perplexity, usage
 from ..search import DEFAULT_MEMORY_BUDGET, METRICS, SearchResult, nearest_code
 from ..validation import check_bool, check_choice, check_float, check_int
 from .base import (
+    IndexLayout,
     QuantizerOutput,
     Quantizer,
     apply_projection,
@@ -47,6 +48,7 @@ from .base import (
     flatten_input,
     restore_channel_dim,
 )
+from .registry import register_quantizer
 
 __all__ = [
     "VectorQuantizer",
@@ -54,10 +56,26 @@ __all__ = [
     "ResidualVectorQuantizer",
     "VQResult",
     "PLAIN_STE",
+    "TECHNIQUES",
+    "PAPER",
 ]
 
 #: keyword arguments that turn every fix off: the plain straight-through VQ-VAE baseline.
 PLAIN_STE = dict(codebook="plain", sync_nu=0.0, alternating_steps=0, kmeans_init=False, dead_code_steps=0)
+
+#: each technique of the method as the keyword arguments that switch it on over :data:`PLAIN_STE`, in the
+#: order of the cumulative ablation ladder (k-means init, synchronized update, affine re-parameterization,
+#: alternating optimization, dead-code replacement after T = 20 unused calls, the paper's typical T).
+TECHNIQUES: dict[str, dict] = {
+    "kmeans": dict(kmeans_init=True),
+    "sync": dict(sync_nu=1.0),
+    "affine": dict(codebook="affine"),
+    "alternating": dict(alternating_steps=1),
+    "replacement": dict(dead_code_steps=20),
+}
+
+#: the paper's full method: every technique on (``VectorQuantizer(dim, K, **PAPER)``).
+PAPER = dict(PLAIN_STE, **{k: v for t in TECHNIQUES.values() for k, v in t.items()})
 
 #: window used for the ``dead_codes`` statistic when replacement is off (the paper's typical T).
 DEAD_CODE_WINDOW = 20
@@ -120,6 +138,7 @@ def _nan_rows(out: Tensor, bad: Tensor | None) -> Tensor:
     return out if bad is None else torch.where(bad[:, None], torch.full_like(out[:1], float("nan")), out)
 
 
+@register_quantizer("vq", example=dict(codebook_size=16))
 class VectorQuantizer(Quantizer):
     """Vector quantizer with the fixes of Huh et al. 2023 on by default.
 
@@ -279,9 +298,20 @@ class VectorQuantizer(Quantizer):
 
     @property
     def codebook(self) -> Tensor:
-        """Effective code vectors ``(K, dim)`` (after affine, normalization and projection), detached."""
+        """Effective code vectors ``(K, dim)`` in the output space (after affine, normalization and
+        projection), detached."""
         with torch.no_grad():
             return self._project_out(self.effective_codes())
+
+    @property
+    def latent_codebook(self) -> Tensor:
+        """The codes the search sees, ``(K, codebook_dim)``, detached."""
+        with torch.no_grad():
+            return self.effective_codes()
+
+    @property
+    def index_layout(self) -> IndexLayout:
+        return IndexLayout((), (self.codebook_size,))
 
     def effective_codes(self, committed: bool = False) -> Tensor:
         """The codes the search sees, ``(K, codebook_dim)``, differentiable w.r.t. the parameters.
@@ -291,14 +321,9 @@ class VectorQuantizer(Quantizer):
         codes = self.codes(committed)
         return F.normalize(codes, dim=-1) if self.metric == "cosine" else codes
 
-    def decode(self, indices: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        """``indices`` ``(...)`` in ``[0, K)`` -> codes ``(..., dim)`` with the channel axis at ``channel_dim``:
-        exactly the eval-mode output for those indices (in ``dtype``, the input dtype of that forward)."""
-        indices = check_indices(indices, None, self.codebook_size)
-        out = self._project_out(F.embedding(indices, self.effective_codes()))
-        if dtype is not None:
-            out = out.to(dtype)
-        return restore_channel_dim(out, self.channel_dim) if indices.ndim >= 1 else out
+    def decode_codes(self, indices: Tensor) -> Tensor:
+        """``(...)`` indices -> ``(..., dim)`` codes, channel-last."""
+        return self._project_out(F.embedding(indices, self.effective_codes()))
 
     def initialize_codebook(self, x: Tensor, mask: Tensor | None = None) -> None:
         """Run the k-means init now on ``x`` (the input of a forward), e.g. before compiling the training
@@ -506,6 +531,7 @@ def _after_load(module: VectorQuantizer, incompatible_keys) -> None:
     module._version += 1  # recomputations of calls before the load cannot be replayed
 
 
+@register_quantizer("grouped_vq", example=dict(codebook_size=8, groups=2))
 class GroupedVectorQuantizer(Quantizer):
     """Split each vector into ``groups`` equal parts, each quantized with its own (or a shared) codebook.
 
@@ -520,6 +546,9 @@ class GroupedVectorQuantizer(Quantizer):
     Shapes: ``indices`` get a trailing axis of size G; ``loss`` is the mean over groups (the elementwise
     mean over the whole vector); stats are averaged over groups.
     """
+
+    forwards_kwargs_to = None  # set below: VectorQuantizer
+    _trailing_name = "groups"
 
     def __init__(self, dim: int, codebook_size: int, groups: int, *, shared_codebook: bool = False,
                  channel_dim: int = -1, **kwargs) -> None:
@@ -566,15 +595,18 @@ class GroupedVectorQuantizer(Quantizer):
         quantized = restore_channel_dim(quantized.to(x.dtype).reshape(*lead, self.dim), self.channel_dim)
         return QuantizerOutput(quantized, indices, loss, stats)
 
-    def decode(self, indices: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        """``(..., G)`` indices -> ``(..., dim)`` (channel axis at ``channel_dim``)."""
-        indices = check_indices(indices, self.groups, self.codebook_size, trailing_name="groups")
-        parts = [self.quantizers[0 if self.shared_codebook else g].decode(indices[..., g], dtype)
+    @property
+    def index_layout(self) -> IndexLayout:
+        return IndexLayout((self.groups,), (self.codebook_size,) * self.groups, self.shared_codebook)
+
+    def decode_codes(self, indices: Tensor) -> Tensor:
+        """``(..., G)`` indices -> ``(..., dim)`` channel-last."""
+        parts = [self.quantizers[0 if self.shared_codebook else g].decode_codes(indices[..., g])
                  for g in range(self.groups)]
-        # the inner quantizers are channel-last
-        return restore_channel_dim(torch.cat(parts, dim=-1), self.channel_dim)
+        return torch.cat(parts, dim=-1)
 
 
+@register_quantizer("residual_vq", example=dict(codebook_size=8, num_levels=2))
 class ResidualVectorQuantizer(Quantizer):
     """``num_levels`` quantizers applied in sequence, each to what the previous ones left unexplained.
 
@@ -597,6 +629,9 @@ class ResidualVectorQuantizer(Quantizer):
     Shapes: ``indices`` get a trailing axis of size L; ``loss`` is the sum of the level losses; stats are
     averaged over levels.
     """
+
+    forwards_kwargs_to = None  # set below: VectorQuantizer
+    _trailing_name = "num_levels"
 
     def __init__(self, dim: int, codebook_size: int, num_levels: int, *, shared_codebook: bool = False,
                  codebook_dim: int | None = None, sync_nu: float | None = None, estimator: str = "ste",
@@ -631,11 +666,25 @@ class ResidualVectorQuantizer(Quantizer):
         return self.levels[0 if self.shared_codebook else i]
 
     @property
-    def codebook(self) -> Tensor:
-        """``(L or 1, K, codebook_dim)`` effective level codebooks (before the output projection, since
-        the projection applies to the sum of levels)."""
+    def latent_codebook(self) -> Tensor:
+        """``(L or 1, K, codebook_dim)`` effective level codebooks, before the output projection."""
         with torch.no_grad():
             return torch.stack([q.effective_codes() for q in self.levels])
+
+    @property
+    def codebook(self) -> Tensor:
+        """``(L or 1, K, dim)`` level codes in the output space: the output for indices ``i_1..i_L`` is
+        ``sum_l codebook[l, i_l]`` plus ``project_out.bias`` when there is a projection (which is linear
+        in the sum of the levels, so each level's codes map through its weight alone)."""
+        codes = self.latent_codebook
+        if isinstance(self.project_out, nn.Identity):
+            return codes
+        with torch.no_grad():
+            return codes.to(self.project_out.weight.dtype) @ self.project_out.weight.t()
+
+    @property
+    def index_layout(self) -> IndexLayout:
+        return IndexLayout((self.num_levels,), (self.codebook_size,) * self.num_levels, self.shared_codebook)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None) -> QuantizerOutput:
         flat, valid, lead = flatten_input(self, x, mask, lens)
@@ -664,11 +713,11 @@ class ResidualVectorQuantizer(Quantizer):
             _mean_stats(stats),
         )
 
-    def decode(self, indices: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        """``(..., L)`` indices -> ``(..., dim)`` (channel axis at ``channel_dim``)."""
-        indices = check_indices(indices, self.num_levels, self.codebook_size, trailing_name="num_levels")
+    def decode_codes(self, indices: Tensor) -> Tensor:
+        """``(..., L)`` indices -> ``(..., dim)`` channel-last."""
         total = sum(F.embedding(indices[..., i], self._level(i).effective_codes()) for i in range(self.num_levels))
-        out = apply_projection(self.project_out, total)
-        if dtype is not None:
-            out = out.to(dtype)
-        return restore_channel_dim(out, self.channel_dim)
+        return apply_projection(self.project_out, total)
+
+
+GroupedVectorQuantizer.forwards_kwargs_to = VectorQuantizer
+ResidualVectorQuantizer.forwards_kwargs_to = VectorQuantizer

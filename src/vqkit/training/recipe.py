@@ -18,7 +18,7 @@ A recipe file looks like::
     downsample = 1
 
     [quantizer]
-    kind = "vq"               # vq | grouped | residual | fsq | latent | vqpytorch
+    kind = "vq"               # a registered quantizer: vq | grouped_vq | residual_vq | fsq | latent | ... (vqkit.list_quantizers())
     loss_weight = 10.0        # the trainer adds loss_weight * quantizer loss to the task loss
     codebook_size = 256       # other keys: the quantizer's arguments ("none" means None)
 
@@ -52,7 +52,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from ..models.factory import MODEL_KINDS, QUANTIZER_KINDS, model_arguments, quantizer_arguments
+from ..models.factory import MODEL_KINDS, model_arguments, quantizer_arguments, quantizer_kinds
 
 __all__ = [
     "DataConfig",
@@ -99,7 +99,7 @@ class ModelConfig:
 
 @dataclass
 class QuantizerConfig:
-    """``kind`` (see :data:`~vqkit.models.factory.QUANTIZER_KINDS`), the weight of its loss in the total
+    """``kind`` (a registered quantizer name, see :func:`vqkit.list_quantizers`), the weight of its loss in the total
     loss, and its keyword ``args`` (the defaults of the class apply to the others)."""
 
     kind: str = "vq"
@@ -194,7 +194,7 @@ class Recipe:
         _check_int("data.eval_batch_size", self.data.eval_batch_size, 1)
         _check_int("data.eval_limit", self.data.eval_limit, 0)
         _check_choice("model.kind", self.model.kind, MODEL_KINDS)
-        _check_choice("quantizer.kind", self.quantizer.kind, QUANTIZER_KINDS)
+        _check_choice("quantizer.kind", self.quantizer.kind, tuple(quantizer_kinds()))
         _check_choice("optim.name", self.optim.name, OPTIMIZERS)
         _check_choice("optim.schedule", self.optim.schedule, SCHEDULES)
         if not (isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"))):

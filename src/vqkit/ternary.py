@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..estimators import straight_through
-from ..dtypes import accumulation_dtype
-from ..validation import check_bool, check_choice, check_float
+from .dtypes import accumulation_dtype
+from .estimators import straight_through
+from .validation import check_bool, check_choice, check_float
 
 __all__ = [
     "BitLinear",

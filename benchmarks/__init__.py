@@ -1,1 +1,0 @@
-"""Thin wrapper so ``python -m benchmarks`` runs ``vqkit bench`` from a checkout."""
