@@ -70,6 +70,8 @@ TRAINING_CONFIGS = {
     "ema-threshold": dict(codebook="ema", dead_code_steps=1, dead_code_threshold=2.0),
     "cosine-projected": dict(metric="cosine", codebook_dim=4),
     "rotation-reassign": dict(estimator="rotation", alternating_steps=2, alternating_reassign=True),
+    "simvq-regularized-sampled": dict(codebook="linear", orthogonal_weight=0.1, diversity_weight=0.1,
+                                      sampling_temperature=0.5, dead_code_steps=1),
 }
 
 

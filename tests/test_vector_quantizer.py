@@ -364,7 +364,7 @@ def test_masked_positions_affect_nothing():
     [
         (dict(codebook_size=0), ValueError, "codebook_size"),
         (dict(metric="l1"), ValueError, "metric"),
-        (dict(codebook="linear"), ValueError, "codebook"),
+        (dict(codebook="lienar"), ValueError, "codebook"),
         (dict(estimator="gumbel"), ValueError, "estimator"),
         (dict(codebook=Affine(groups=3)), ValueError, "codebook: groups"),
         (dict(alternating_lr=2.0), ValueError, "alternating_lr"),

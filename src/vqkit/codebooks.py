@@ -11,6 +11,9 @@ its name, e.g. ``VectorQuantizer(dim, K, codebook="affine")`` or ``codebook=EMA(
 ``"running_affine"`` ``c_k = scale_g * w_k + shift_g`` with ``scale = sqrt(Var[z] / Var[w])``,
 /RunningAffine       ``shift = E[z] - scale * E[w]`` from EMA moments of the embeddings and of the weights.
 ``"ema"``/EMA        ``c_k = M_k / N_k``: EMA cluster sums and counts (VQ-VAE-2, SoundStream), no gradient.
+``"linear"``/Linear  SimVQ (Zhu et al. 2024): ``c_k = w_k (I + a V) + a b`` with a *frozen* random basis ``w``
+                     and one learned linear map ``V`` (``D x D``, zero-initialized) and shift ``b``: every step
+                     moves every code. The affine codebook is its diagonal special case (``V`` diagonal).
 ==================== ==================================================================================
 
 Each spec builds a :class:`Codebook` module, which maps raw weights to effective codes (``forward``) and
@@ -43,7 +46,7 @@ from torch import Tensor, nn
 
 from . import distributed as dist_utils
 from .dtypes import accumulation_dtype
-from .validation import check_float, check_int
+from .validation import check_bool, check_float, check_int
 
 __all__ = [
     "CodebookSpec",
@@ -51,6 +54,7 @@ __all__ = [
     "Affine",
     "RunningAffine",
     "EMA",
+    "Linear",
     "CODEBOOK_KINDS",
     "codebook_spec",
     "spec_to_dict",
@@ -58,6 +62,7 @@ __all__ = [
     "AffineCodebook",
     "RunningAffineCodebook",
     "EMACodebook",
+    "LinearCodebook",
     "assignment_sums",
 ]
 
@@ -191,9 +196,30 @@ class EMA(CodebookSpec):
         return EMACodebook(size, dim, self.decay, self.eps)
 
 
+@dataclass(frozen=True)
+class Linear(CodebookSpec):
+    """SimVQ's linear re-parameterization ``c_k = w_k (I + lr V) + lr b`` over a frozen random basis ``w``.
+
+    Args:
+        lr: learning-rate multiplier ``a`` of ``V`` and ``b`` (> 0), as in :class:`Affine`.
+        bias: learn the shift ``b`` too (SimVQ itself has none; it makes :class:`Affine` a special case).
+    """
+
+    kind: ClassVar[str] = "linear"
+    lr: float = 1.0
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        check_float("Linear.lr", self.lr, low=0.0, low_open=True)
+        check_bool("Linear.bias", self.bias)
+
+    def build(self, size: int, dim: int) -> Codebook:
+        return LinearCodebook(size, dim, self.lr, self.bias)
+
+
 #: name -> spec class, for ``codebook="name"``.
 CODEBOOK_KINDS: dict[str, type[CodebookSpec]] = {
-    cls.kind: cls for cls in (Plain, Affine, RunningAffine, EMA)
+    cls.kind: cls for cls in (Plain, Affine, RunningAffine, EMA, Linear)
 }
 
 
@@ -513,3 +539,47 @@ class EMACodebook(Codebook):
 
     def alternating_step_(self, counts: Tensor, sums: Tensor, lr: float) -> None:  # pragma: no cover
         raise RuntimeError("EMA codebooks take no alternating steps")
+
+
+class LinearCodebook(Codebook):
+    """SimVQ (Zhu et al. 2024): ``c_k = w_k M + beta`` with ``M = I + a V`` and ``beta = a b``.
+
+    ``w`` (``K x D``) is a random basis that no gradient reaches (a buffer; maintenance still writes rows of it
+    in the effective space: k-means init, replacement, alternating code steps); ``V`` (``D x D``) and ``b``
+    (``D``) are zero-initialized parameters (identity at start) shared by all codes, so every optimizer step
+    moves the whole codebook. With ``V`` diagonal this is :class:`AffineCodebook` (one group).
+    """
+
+    def __init__(self, size: int, dim: int, lr: float = 1.0, bias: bool = True) -> None:
+        super().__init__(size, dim, 1)
+        self.lr = float(check_float("Linear.lr", lr, low=0.0, low_open=True))
+        basis = self.weight.detach().clone()
+        del self.weight
+        self.register_buffer("weight", basis)
+        self.linear = nn.Parameter(torch.zeros(dim, dim))
+        self.shift = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def _map(self, linear: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        eye = torch.eye(self.dim, dtype=linear.dtype, device=linear.device)
+        return eye + self.lr * linear, None if shift is None else self.lr * shift
+
+    def forward(self, committed: bool = False) -> Tensor:
+        m, beta = self._map(_snapshot(self.linear), None if self.shift is None else _snapshot(self.shift))
+        # the basis is rewritten in place by maintenance: autograd must hold a copy of it, not the buffer
+        w = self.weight.clone() if torch.is_grad_enabled() and m.requires_grad else self.weight
+        w = w.to(m.dtype)
+        return w @ m if beta is None else torch.addmm(beta, w, m)
+
+    def to_raw(self, values: Tensor, groups: Tensor | None = None) -> Tensor:
+        acc = accumulation_dtype(values, self.linear)
+        m, beta = (None if t is None else t.detach().to(acc) for t in self._map(self.linear, self.shift))
+        v = values.to(acc) if beta is None else values.to(acc) - beta
+        return v @ torch.linalg.pinv(m)
+
+    @torch.no_grad()
+    def alternating_step_(self, counts: Tensor, sums: Tensor, lr: float) -> None:
+        """Each used code moves a fraction ``lr`` toward the mean of its embeddings (in raw space through
+        the inverse map); ``V`` and ``b`` are left to the outer optimizer."""
+        target = self.to_raw(sums / counts.clamp_min(1.0)[:, None])
+        step = torch.where(counts > 0, lr, 0.0).to(self.weight.dtype)[:, None]
+        self.weight.lerp_(target.to(self.weight.dtype), step)

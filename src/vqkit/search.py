@@ -52,6 +52,7 @@ __all__ = [
     "SearchResult",
     "SearchPlan",
     "nearest_code",
+    "sample_code",
     "chunk_rows",
     "plan_search",
     "triton_available",
@@ -420,3 +421,52 @@ def nearest_code(
             indices, distances = _search_flat(flat, codes, metric, backend, chunk_size, code_chunk_size,
                                               memory_budget)
     return SearchResult(indices.reshape(lead), distances.reshape(lead))
+
+
+def sample_code(
+    x: Tensor,
+    codebook: Tensor,
+    temperature: float,
+    metric: str = "euclidean",
+    *,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> Tensor:
+    """Draw a code per vector from ``softmax_k(-d(x, c_k) / temperature)`` (the Gumbel-max trick).
+
+    ``argmax_k(-d_k / temperature + g_k)`` with ``g_k ~ Gumbel(0, 1)`` from the global RNG is an exact
+    sample; the distances are computed as in :func:`nearest_code` (about the codebook mean, in >= fp32) in
+    row chunks of at most ``memory_budget`` bytes, never ``N x K`` at once. As ``temperature -> 0`` it
+    becomes the nearest code.
+
+    Args:
+        x: ``(..., D)``; codebook: ``(K, D)``; temperature: > 0.
+        metric: ``"euclidean"`` or ``"cosine"``.
+    Returns:
+        int64 indices ``(...)`` (no autograd).
+    """
+    _check(x, codebook, metric)
+    if not temperature > 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature: expected a finite float > 0, got {temperature!r}")
+    lead = x.shape[:-1]
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        dt = accumulation_dtype(x, codebook)
+        flat = x.detach().reshape(-1, x.shape[-1]).to(dt)
+        codes = codebook.detach().to(dt)
+        if metric == "cosine":
+            flat, codes = F.normalize(flat, dim=-1), F.normalize(codes, dim=-1)
+            bias = codes.new_full((codes.shape[0],), 2.0)  # d = 2 - 2 x.c
+            scale = -2.0
+        else:
+            center = search_center(codes)
+            codes = codes - center
+            bias, scale = codes.pow(2).sum(1), -2.0
+        rows = chunk_rows(2 * codes.shape[0], memory_budget)
+        out = torch.empty(flat.shape[0], dtype=torch.int64, device=flat.device)
+        for s in range(0, flat.shape[0], rows):
+            xc = flat[s:s + rows] if metric == "cosine" else flat[s:s + rows] - center
+            d = torch.addmm(bias, xc, codes.t(), alpha=scale)
+            if metric != "cosine":
+                d += xc.pow(2).sum(1, keepdim=True)
+            u = torch.rand_like(d).clamp_(min=torch.finfo(dt).tiny)
+            out[s:s + rows] = (-d / temperature - torch.log(-torch.log(u))).argmax(1)
+    return out.reshape(lead)

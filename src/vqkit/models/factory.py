@@ -73,7 +73,7 @@ def build_quantizer(kind: str, dim: int, *, channel_dim: int = -1, **kwargs: Any
     entry = _entry(kind)
     check_kwargs("quantizer", kwargs, entry.arguments())
     missing = [r for r in entry.required() if r not in kwargs]
-    if missing:
+    if missing:  # named as recipe keys
         raise ValueError(f"{', '.join('quantizer.' + m for m in missing)}: required for kind {kind!r}")
     return entry.build(dim, channel_dim=channel_dim, **kwargs)
 

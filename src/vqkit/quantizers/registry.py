@@ -57,6 +57,9 @@ class QuantizerEntry:
         if clash:
             raise ValueError(f"{', '.join(clash)}: fixed by the {self.name!r} preset "
                              f"({', '.join(f'{k}={self.preset[k]!r}' for k in clash)})")
+        missing = [r for r in self.required() if r not in kwargs]
+        if missing:
+            raise ValueError(f"{', '.join(missing)}: required for quantizer {self.name!r}")
         return self.cls.from_dim(dim, **{**self.preset, **kwargs})
 
     def arguments(self) -> list[str]:

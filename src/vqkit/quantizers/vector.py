@@ -23,6 +23,7 @@ initializing step) the training forward is shape-static graph code without host 
 from __future__ import annotations
 
 import collections
+import math
 from typing import NamedTuple
 
 import torch
@@ -33,10 +34,10 @@ from .. import distributed as dist_utils
 from ..codebooks import CodebookSpec, EMACodebook, RunningAffineCodebook, assignment_sums, codebook_spec
 from ..dtypes import accumulation_dtype
 from ..estimators import ESTIMATORS, rotation_trick, straight_through, straight_through_with_loss
-from ..losses import vq_loss
+from ..losses import orthogonal_loss, soft_assignment_entropy, vq_loss
 from ..maintenance import gather_embeddings, kmeans, replacement_candidates, shared_generator
 from ..metrics import code_counts, perplexity, usage
-from ..search import DEFAULT_MEMORY_BUDGET, METRICS, SearchResult, nearest_code
+from ..search import DEFAULT_MEMORY_BUDGET, METRICS, SearchResult, nearest_code, sample_code
 from ..validation import check_bool, check_choice, check_float, check_int
 from .base import (
     IndexLayout,
@@ -48,7 +49,7 @@ from .base import (
     flatten_input,
     restore_channel_dim,
 )
-from .registry import register_quantizer
+from .registry import register_preset, register_quantizer
 
 __all__ = [
     "VectorQuantizer",
@@ -174,6 +175,19 @@ class VectorQuantizer(Quantizer):
             decay 0.8, of the all-reduced per-call counts) drops below this many vectors (0 = off): rarely
             used codes are recycled too, which flattens usage (higher perplexity) at large K.
         estimator: ``"ste"`` (straight-through) or ``"rotation"`` (rotation trick).
+        sampling_temperature: > 0 draws each training assignment from ``softmax(-distance / T)`` (Gumbel-max,
+            straight-through output) instead of taking the nearest code; eval always takes the nearest.
+            The drawn codes are the call's assignment everywhere (alternating steps, counts, records).
+        orthogonal_weight: weight of the orthogonal codebook regularizer (ViT-VQGAN): the mean squared
+            cosine similarity between codes, :func:`vqkit.losses.orthogonal_loss`; added to ``loss``.
+        diversity_weight: weight of the codebook diversity regularizer ``log K - H(p_bar)``, the entropy gap
+            of the batch-averaged soft assignment ``p_bar = mean_i softmax(-distance_i / diversity_temperature)``
+            (:func:`vqkit.losses.soft_assignment_entropy`; exact, in row chunks); added to ``loss``.
+        diversity_temperature: its softmax temperature (default 1.0; only with ``diversity_weight > 0``).
+        freeze_codebook: no gradient reaches the codes and no maintenance runs (no k-means init,
+            alternating steps, replacement, EMA or running statistics, no counter updates); also per call
+            (``forward(..., freeze_codebook=True)``). A gradient-trained codebook whose parameters all have
+            ``requires_grad=False`` is frozen the same way.
         channel_dim: axis of the channels (``1`` for ``B x C x H x W``).
         check_finite: raise on NaN/Inf input (one host sync per call). With False (and always under
             ``torch.compile``) non-finite rows are treated as padding instead: they change nothing and come
@@ -186,7 +200,8 @@ class VectorQuantizer(Quantizer):
     padding: padded positions may hold anything and affect neither the loss, the codebook, the buffers,
     nor the stats; their outputs are meaningless. Stats: ``usage``, ``perplexity``, ``dead_codes``,
     ``quantization_error`` (mean squared distance of a vector to its code), ``vq_mse`` (per element),
-    ``commitment_loss`` and ``codebook_loss`` (the two weighted terms of ``loss``).
+    ``commitment_loss`` and ``codebook_loss`` (the two weighted terms of ``loss``), and with the regularizers
+    on ``orthogonal_loss`` and ``diversity_entropy`` (unweighted).
     """
 
     def __init__(
@@ -208,6 +223,11 @@ class VectorQuantizer(Quantizer):
         dead_code_steps: int = 100,
         dead_code_threshold: float = 0.0,
         estimator: str = "ste",
+        sampling_temperature: float = 0.0,
+        orthogonal_weight: float = 0.0,
+        diversity_weight: float = 0.0,
+        diversity_temperature: float | None = None,
+        freeze_codebook: bool = False,
         channel_dim: int = -1,
         check_finite: bool = True,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
@@ -228,12 +248,19 @@ class VectorQuantizer(Quantizer):
             if clashes:
                 raise ValueError(f"codebook: an {spec.kind!r} codebook is not trained by gradient, so it takes no "
                                  f"{' and no '.join(clashes)}; leave them at their defaults or pass 0")
-        for name, value, needs in (("alternating_lr", alternating_lr, steps > 0),
-                                   ("alternating_reassign", alternating_reassign, steps > 0),
-                                   ("kmeans_iters", kmeans_iters, kmeans_init)):
+        self.sampling_temperature = check_float("sampling_temperature", sampling_temperature, low=0.0)
+        self.orthogonal_weight = check_float("orthogonal_weight", orthogonal_weight, low=0.0)
+        self.diversity_weight = check_float("diversity_weight", diversity_weight, low=0.0)
+        for name, value, needs, what in (
+                ("alternating_lr", alternating_lr, steps > 0, "alternating_steps > 0"),
+                ("alternating_reassign", alternating_reassign, steps > 0, "alternating_steps > 0"),
+                ("kmeans_iters", kmeans_iters, kmeans_init, "kmeans_init=True"),
+                ("diversity_temperature", diversity_temperature, self.diversity_weight > 0, "diversity_weight > 0")):
             if value is not None and not needs:
-                what = "alternating_steps > 0" if name.startswith("alternating") else "kmeans_init=True"
                 raise ValueError(f"{name}: only used with {what}; got {name}={value!r} with that option off")
+        self.diversity_temperature = 1.0 if diversity_temperature is None else check_float(
+            "diversity_temperature", diversity_temperature, low=0.0, low_open=True)
+        self.freeze_codebook = check_bool("freeze_codebook", freeze_codebook)
         alternating_lr = 1.0 if alternating_lr is None else check_float(
             "alternating_lr", alternating_lr, low=0.0, high=1.0, low_open=True)
         reassign = False if alternating_reassign is None else check_bool("alternating_reassign", alternating_reassign)
@@ -335,17 +362,19 @@ class VectorQuantizer(Quantizer):
                 z = F.normalize(z, dim=-1)
             self._kmeans_init(z.detach(), None if valid is None else valid.to(accumulation_dtype(z)))
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None) -> QuantizerOutput:
-        """Quantize ``x``; see the class docstring for shapes."""
+    def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None,
+                freeze_codebook: bool | None = None) -> QuantizerOutput:
+        """Quantize ``x``; see the class docstring for shapes (``freeze_codebook`` overrides the module's
+        setting for this call)."""
         flat, valid, lead = flatten_input(self, x, mask, lens)
         z = self._project_in(flat)
         if self.metric == "cosine":
             z = F.normalize(z, dim=-1)
         if self.estimator == "ste":  # gather, straight-through output and loss in one fused op
-            res = self.quantize_vectors(z, valid, output_nu=self.sync_nu)
+            res = self.quantize_vectors(z, valid, output_nu=self.sync_nu, freeze=freeze_codebook)
             out = res.codes
         else:
-            res = self.quantize_vectors(z, valid)
+            res = self.quantize_vectors(z, valid, freeze=freeze_codebook)
             out = _estimate(self.estimator, z, res.codes, self.sync_nu)
         out = _nan_rows(self._project_out(out), res.bad)
         quantized = restore_channel_dim(out.to(x.dtype).reshape(*lead, self.dim), self.channel_dim)
@@ -358,7 +387,17 @@ class VectorQuantizer(Quantizer):
     def search(self, z: Tensor, codes: Tensor) -> SearchResult:
         return nearest_code(z, codes, self.metric, memory_budget=self.memory_budget)
 
-    def quantize_vectors(self, z: Tensor, valid: Tensor | None = None, output_nu: float | None = None) -> VQResult:
+    def frozen(self, freeze: bool | None = None) -> bool:
+        """Whether a call with ``freeze`` (None = the module's setting) leaves the codebook alone."""
+        if freeze is not None:
+            return check_bool("freeze_codebook", freeze)
+        if self.freeze_codebook:
+            return True
+        params = list(self.codes.parameters())
+        return bool(params) and not any(p.requires_grad for p in params)
+
+    def quantize_vectors(self, z: Tensor, valid: Tensor | None = None, output_nu: float | None = None,
+                         freeze: bool | None = None) -> VQResult:
         """Assign ``z (N, codebook_dim)`` to codes, maintaining the codebook in training.
 
         Args:
@@ -366,6 +405,7 @@ class VectorQuantizer(Quantizer):
             valid: optional ``(N,)`` bool, False for padding rows (which must hold finite values, e.g. 0).
             output_nu: if given, ``codes`` of the result is already the (synchronized, with this ``nu``)
                 straight-through output, computed with the loss in one fused op.
+            freeze: leave the codebook alone this call (see ``freeze_codebook``); None = the module's setting.
         Returns:
             :class:`VQResult`; ``codes`` are the selected codes (not yet passed through an estimator,
             unless ``output_nu`` is given).
@@ -383,18 +423,25 @@ class VectorQuantizer(Quantizer):
         acc = accumulation_dtype(zd)
         weight = None if valid is None else valid.to(acc)
         training = self.training
+        frozen = self.frozen(freeze)
+        maintains = training and not frozen
         replayed = None
-        if training and not compiling and _in_backward():
+        if maintains and not compiling and _in_backward():
             replayed = self._replay(zd)  # activation checkpointing recomputes this call: no maintenance
-        elif training:
+        elif maintains:
             self._maintain(zd, weight, compiling)
 
         if replayed is not None:
             indices = replayed
         else:
             with torch.no_grad():
-                indices = self.search(zd, self.effective_codes(training)).indices
-            if training and self.alternating_steps > 0:
+                search_codes = self.effective_codes(training)
+                if training and self.sampling_temperature > 0:
+                    indices = sample_code(zd, search_codes, self.sampling_temperature, self.metric,
+                                          memory_budget=self.memory_budget)
+                else:
+                    indices = self.search(zd, search_codes).indices
+            if maintains and self.alternating_steps > 0:
                 for step in range(self.alternating_steps):
                     counts, sums = assignment_sums(zd, indices, weight, self.codebook_size)
                     self.codes.alternating_step_(counts, sums, self.alternating_lr)
@@ -402,6 +449,8 @@ class VectorQuantizer(Quantizer):
                         with torch.no_grad():
                             indices = self.search(zd, self.effective_codes(True)).indices
         codes = self.effective_codes(training)  # a snapshot: later maintenance cannot touch this graph
+        if frozen:
+            codes = codes.detach()
 
         if output_nu is None:
             selected = F.embedding(indices, codes)
@@ -410,12 +459,21 @@ class VectorQuantizer(Quantizer):
             selected, total, mse = straight_through_with_loss(
                 z, codes, indices, output_nu, self.commitment_weight, self.codebook_weight, weight)
 
-        if training and replayed is None:
+        if maintains and replayed is None:
             counts = self._bookkeep(zd, indices, weight)
             if not compiling:
                 self._records.append(_Record(zd.shape, _fingerprint(zd), indices.clone(), self._version))
         else:
             counts = code_counts(indices, self.codebook_size, valid)
+        regularizers = {}
+        if self.orthogonal_weight > 0:
+            regularizers["orthogonal_loss"] = orthogonal_loss(codes)
+            total = total + self.orthogonal_weight * regularizers["orthogonal_loss"]
+        if self.diversity_weight > 0:
+            regularizers["diversity_entropy"] = soft_assignment_entropy(
+                z, codes, self.diversity_temperature, self.metric, weight, self.memory_budget)
+            gap = math.log(self.codebook_size) - regularizers["diversity_entropy"]
+            total = total + self.diversity_weight * gap
         window = self.dead_code_steps or DEAD_CODE_WINDOW
         mse = mse.detach()
         stats = {
@@ -426,6 +484,7 @@ class VectorQuantizer(Quantizer):
             "vq_mse": mse,
             "commitment_loss": mse * self.commitment_weight,
             "codebook_loss": mse * self.codebook_weight,
+            **{k: v.detach() for k, v in regularizers.items()},
         }
         if bad is not None:
             indices = torch.where(bad, -1, indices)
@@ -718,6 +777,10 @@ class ResidualVectorQuantizer(Quantizer):
         total = sum(F.embedding(indices[..., i], self._level(i).effective_codes()) for i in range(self.num_levels))
         return apply_projection(self.project_out, total)
 
+
+register_preset("simvq", VectorQuantizer, dict(codebook="linear"), example=dict(codebook_size=16),
+                summary="SimVQ (Zhu et al. 2024): a VectorQuantizer whose codes are a frozen random basis times one "
+                        "learned linear map (codebook='linear'), with the paper's fixes on.")
 
 GroupedVectorQuantizer.forwards_kwargs_to = VectorQuantizer
 ResidualVectorQuantizer.forwards_kwargs_to = VectorQuantizer
