@@ -159,3 +159,11 @@ def test_bad_input_is_named(name, kwargs):
         q.decode(torch.zeros(shape))
     with pytest.raises(ValueError, match="indices: expected values in"):
         q.decode(torch.full(shape, 10**6, dtype=torch.int64))
+
+
+def test_the_docs_table_lists_every_registered_quantizer():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "quantizers.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`") for line in text.splitlines() if line.startswith("| `")}
+    assert set(list_quantizers(include_optional=False)) <= rows
