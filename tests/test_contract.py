@@ -36,6 +36,8 @@ VARIANTS: dict[str, list[dict]] = {
     "residual_vq": [dict(codebook_size=8, num_levels=3, shared_codebook=True, codebook_dim=4)],
     "fsq": [dict(levels=[3, 3, 2], num_codebooks=2)],
     "latent": [dict(values_per_dim=[2, 3, 4, 5, 6, 7], index_mode="per_dim")],
+    "lfq": [dict(codebook_dim=3, num_codebooks=2, codebook_scale=0.5, batch_entropy="factorized")],
+    "bsq": [dict(codebook_dim=2, num_codebooks=3, batch_entropy="exact", commitment_weight=0.25)],
 }
 
 CASES = [(name, kwargs) for name in list_quantizers(include_optional=False)

@@ -3,6 +3,7 @@
 
 from .base import REQUIRED_STATS, IndexLayout, Quantizer, QuantizerOutput
 from .registry import get_quantizer, list_quantizers, make_quantizer, quantizer_arguments, register_quantizer
+from .lookup_free import BSQ, LFQ
 from .scalar import FSQ, LatentQuantizer, fsq_levels, latent_quantization_param_groups
 from .vector import PLAIN_STE, GroupedVectorQuantizer, ResidualVectorQuantizer, VectorQuantizer
 
@@ -24,4 +25,6 @@ __all__ = [
     "fsq_levels",
     "LatentQuantizer",
     "latent_quantization_param_groups",
+    "LFQ",
+    "BSQ",
 ]
