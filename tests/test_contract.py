@@ -33,7 +33,12 @@ VARIANTS: dict[str, list[dict]] = {
            dict(codebook_size=12, codebook="running_affine", metric="cosine"),
            dict(codebook_size=12, codebook_dim=3, estimator="rotation")],
     "grouped_vq": [dict(codebook_size=8, groups=3, shared_codebook=True)],
-    "residual_vq": [dict(codebook_size=8, num_levels=3, shared_codebook=True, codebook_dim=4)],
+    "residual_vq": [dict(codebook_size=8, num_levels=3, shared_codebook=True, codebook_dim=4),
+                    dict(codebook_size=(12, 8, 4), num_levels=3, codebook="ema"),
+                    dict(codebook_size=8, num_levels=3, quantize_dropout=1.0, quantize_dropout_per="batch")],
+    "grouped_residual_vq": [dict(codebook_size=(8, 4), groups=3, num_levels=2, codebook_dim=3,
+                                 quantize_dropout=0.5)],
+    "residual_fsq": [dict(levels=[5, 3, 4, 3, 5, 3], num_levels=2)],
     "fsq": [dict(levels=[3, 3, 2], num_codebooks=2)],
     "latent": [dict(values_per_dim=[2, 3, 4, 5, 6, 7], index_mode="per_dim")],
 }

@@ -4,7 +4,8 @@
 from .base import REQUIRED_STATS, IndexLayout, Quantizer, QuantizerOutput
 from .registry import get_quantizer, list_quantizers, make_quantizer, quantizer_arguments, register_quantizer
 from .scalar import FSQ, LatentQuantizer, fsq_levels, latent_quantization_param_groups
-from .vector import PLAIN_STE, GroupedVectorQuantizer, ResidualVectorQuantizer, VectorQuantizer
+from .vector import PLAIN_STE, GroupedVectorQuantizer, VectorQuantizer
+from .residual import GroupedResidualVectorQuantizer, ResidualFSQ, ResidualVectorQuantizer
 
 __all__ = [
     "Quantizer",
@@ -19,6 +20,8 @@ __all__ = [
     "VectorQuantizer",
     "GroupedVectorQuantizer",
     "ResidualVectorQuantizer",
+    "GroupedResidualVectorQuantizer",
+    "ResidualFSQ",
     "PLAIN_STE",
     "FSQ",
     "fsq_levels",
