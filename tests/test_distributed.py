@@ -79,6 +79,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, config: str, ma
     dist.all_reduce(loss_mean)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     torch.save({"state": state, "loss": loss_mean / world}, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()  # symmetric teardown: no rank closes its connections while the other still uses them
     dist.destroy_process_group()
 
 

@@ -4,8 +4,9 @@
 from .base import REQUIRED_STATS, IndexLayout, Quantizer, QuantizerOutput
 from .registry import get_quantizer, list_quantizers, make_quantizer, quantizer_arguments, register_quantizer
 from .lookup_free import BSQ, LFQ
+from .residual import GroupedResidualVectorQuantizer, ResidualFSQ, ResidualVectorQuantizer
 from .scalar import FSQ, LatentQuantizer, fsq_levels, latent_quantization_param_groups
-from .vector import PLAIN_STE, GroupedVectorQuantizer, ResidualVectorQuantizer, VectorQuantizer
+from .vector import PAPER, PLAIN_STE, TECHNIQUES, GroupedVectorQuantizer, VectorQuantizer
 
 __all__ = [
     "Quantizer",
@@ -20,6 +21,8 @@ __all__ = [
     "VectorQuantizer",
     "GroupedVectorQuantizer",
     "ResidualVectorQuantizer",
+    "GroupedResidualVectorQuantizer",
+    "ResidualFSQ",
     "PLAIN_STE",
     "FSQ",
     "fsq_levels",

@@ -1,5 +1,5 @@
-"""Vector quantizers: :class:`VectorQuantizer`, :class:`GroupedVectorQuantizer`,
-:class:`ResidualVectorQuantizer`.
+"""Vector quantizers: :class:`VectorQuantizer`, :class:`GroupedVectorQuantizer` (the residual ones are in
+:mod:`vqkit.quantizers.residual`).
 
 The :class:`VectorQuantizer` implements the three techniques of Huh et al. 2023, *Straightening Out the
 Straight-Through Estimator*, on by default (users keep defaults):
@@ -54,7 +54,6 @@ from .registry import register_preset, register_quantizer
 __all__ = [
     "VectorQuantizer",
     "GroupedVectorQuantizer",
-    "ResidualVectorQuantizer",
     "VQResult",
     "PLAIN_STE",
     "TECHNIQUES",
@@ -665,122 +664,17 @@ class GroupedVectorQuantizer(Quantizer):
         return torch.cat(parts, dim=-1)
 
 
-@register_quantizer("residual_vq", example=dict(codebook_size=8, num_levels=2))
-class ResidualVectorQuantizer(Quantizer):
-    """``num_levels`` quantizers applied in sequence, each to what the previous ones left unexplained.
-
-    ``r_0 = z``, ``c_l = Q_l(r_l)``, ``r_{l+1} = r_l - sg(c_l)``; output ``sum_l c_l`` with one estimator
-    on the total (so ``z`` gets the identity gradient once, and with ``sync_nu`` every level's selected code
-    gets ``nu`` times the task gradient).
-
-    Args:
-        dim: input channels.
-        codebook_size: codes per level.
-        num_levels: L.
-        shared_codebook: one codebook used at every level (its maintenance then runs once per level per
-            call: every level's assignment counts for its dead-code timers).
-        codebook_dim: shared projection dimension (projection in/out around all levels).
-        sync_nu, estimator: as in :class:`VectorQuantizer`, applied to the sum (default ``sync_nu`` 1.0, 0.0
-            with an EMA codebook).
-        channel_dim: channel axis.
-        **kwargs: :class:`VectorQuantizer` arguments of each level (their own ``sync_nu`` is not used).
-
-    Shapes: ``indices`` get a trailing axis of size L; ``loss`` is the sum of the level losses; stats are
-    averaged over levels.
-    """
-
-    forwards_kwargs_to = None  # set below: VectorQuantizer
-    _trailing_name = "num_levels"
-
-    def __init__(self, dim: int, codebook_size: int, num_levels: int, *, shared_codebook: bool = False,
-                 codebook_dim: int | None = None, sync_nu: float | None = None, estimator: str = "ste",
-                 channel_dim: int = -1, **kwargs) -> None:
-        super().__init__(dim, channel_dim)
-        check_int("num_levels", num_levels, 1)
-        check_choice("estimator", estimator, ESTIMATORS)
-        if codebook_dim is not None:
-            check_int("codebook_dim", codebook_dim, 1)
-        if kwargs.get("metric", "euclidean") != "euclidean":
-            raise ValueError(f"metric: residual quantization needs metric='euclidean' (residuals are not unit "
-                             f"vectors), got {kwargs['metric']!r}")
-        spec = codebook_spec(kwargs.pop("codebook", "affine"))
-        if sync_nu is None:
-            sync_nu = 1.0 if spec.learns_by_gradient else 0.0
-        check_float("sync_nu", sync_nu, low=0.0)
-        if sync_nu > 0 and not spec.learns_by_gradient:
-            raise ValueError(f"sync_nu: an {spec.kind!r} codebook takes no gradient; pass sync_nu=0.0 (got {sync_nu})")
-        self.num_levels = num_levels
-        self.shared_codebook = check_bool("shared_codebook", shared_codebook)
-        self.codebook_dim = codebook_dim or dim
-        self.codebook_size = codebook_size
-        self.sync_nu, self.estimator = float(sync_nu), estimator
-        projects = self.codebook_dim != dim
-        self.project_in = nn.Linear(dim, self.codebook_dim) if projects else nn.Identity()
-        self.project_out = nn.Linear(self.codebook_dim, dim) if projects else nn.Identity()
-        n = 1 if shared_codebook else num_levels
-        self.levels = nn.ModuleList(
-            VectorQuantizer(self.codebook_dim, codebook_size, codebook=spec, sync_nu=0.0, **kwargs) for _ in range(n))
-
-    def _level(self, i: int) -> VectorQuantizer:
-        return self.levels[0 if self.shared_codebook else i]
-
-    @property
-    def latent_codebook(self) -> Tensor:
-        """``(L or 1, K, codebook_dim)`` effective level codebooks, before the output projection."""
-        with torch.no_grad():
-            return torch.stack([q.effective_codes() for q in self.levels])
-
-    @property
-    def codebook(self) -> Tensor:
-        """``(L or 1, K, dim)`` level codes in the output space: the output for indices ``i_1..i_L`` is
-        ``sum_l codebook[l, i_l]`` plus ``project_out.bias`` when there is a projection (which is linear
-        in the sum of the levels, so each level's codes map through its weight alone)."""
-        codes = self.latent_codebook
-        if isinstance(self.project_out, nn.Identity):
-            return codes
-        with torch.no_grad():
-            return codes.to(self.project_out.weight.dtype) @ self.project_out.weight.t()
-
-    @property
-    def index_layout(self) -> IndexLayout:
-        return IndexLayout((self.num_levels,), (self.codebook_size,) * self.num_levels, self.shared_codebook)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None) -> QuantizerOutput:
-        flat, valid, lead = flatten_input(self, x, mask, lens)
-        z = apply_projection(self.project_in, flat)
-        residual, total, indices, losses, stats, bad = z, None, [], [], [], None
-        for i in range(self.num_levels):
-            res = self._level(i).quantize_vectors(residual, valid)
-            if res.bad is not None:  # non-finite rows stay padding at every level
-                bad = res.bad if bad is None else bad | res.bad
-                valid = ~bad if valid is None else valid & ~bad
-                residual = torch.where(bad[:, None], residual.new_zeros(()), residual)
-            residual = residual - res.codes.detach().to(residual.dtype)
-            total = res.codes if total is None else total + res.codes
-            indices.append(res.indices)
-            losses.append(res.loss)
-            stats.append(res.stats)
-        z = z if bad is None else torch.where(bad[:, None], z.new_zeros(()), z)
-        out = _nan_rows(apply_projection(self.project_out, _estimate(self.estimator, z, total, self.sync_nu)), bad)
-        stacked = torch.stack(indices, dim=-1)
-        if bad is not None:
-            stacked = torch.where(bad[:, None], -1, stacked)
-        return QuantizerOutput(
-            restore_channel_dim(out.to(x.dtype).reshape(*lead, self.dim), self.channel_dim),
-            stacked.reshape(*lead, self.num_levels),
-            torch.stack(losses).sum(),
-            _mean_stats(stats),
-        )
-
-    def decode_codes(self, indices: Tensor) -> Tensor:
-        """``(..., L)`` indices -> ``(..., dim)`` channel-last."""
-        total = sum(F.embedding(indices[..., i], self._level(i).effective_codes()) for i in range(self.num_levels))
-        return apply_projection(self.project_out, total)
-
-
 register_preset("simvq", VectorQuantizer, dict(codebook="linear"), example=dict(codebook_size=16),
                 summary="SimVQ (Zhu et al. 2024): a VectorQuantizer whose codes are a frozen random basis times one "
                         "learned linear map (codebook='linear'), with the paper's fixes on.")
 
 GroupedVectorQuantizer.forwards_kwargs_to = VectorQuantizer
-ResidualVectorQuantizer.forwards_kwargs_to = VectorQuantizer
+
+
+def __getattr__(name: str):
+    """``ResidualVectorQuantizer`` moved to :mod:`vqkit.quantizers.residual`; the old import path still works."""
+    if name == "ResidualVectorQuantizer":
+        from .residual import ResidualVectorQuantizer
+
+        return ResidualVectorQuantizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
