@@ -430,7 +430,7 @@ class ResidualVectorQuantizer(_Residual):
             return codes.to(self.project_out.weight.dtype) @ self.project_out.weight.t()
 
     def _dropout_ready(self) -> bool:
-        return not any(q._needs_init for q in self.levels)
+        return not any(q.needs_initialization for q in self.levels)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None,
                 num_levels: int | None = None, return_levels: bool = False) -> QuantizerOutput:

@@ -351,6 +351,11 @@ class VectorQuantizer(Quantizer):
         """``(...)`` indices -> ``(..., dim)`` codes, channel-last."""
         return self._project_out(F.embedding(indices, self.effective_codes()))
 
+    @property
+    def needs_initialization(self) -> bool:
+        """True until the k-means init has run (with ``kmeans_init=True``)."""
+        return self._needs_init
+
     def initialize_codebook(self, x: Tensor, mask: Tensor | None = None) -> None:
         """Run the k-means init now on ``x`` (the input of a forward), e.g. before compiling the training
         step with ``fullgraph=True`` (the init itself is data-dependent and runs eagerly)."""
