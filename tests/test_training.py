@@ -263,6 +263,17 @@ def test_report_writes_markdown_and_valid_pngs(tmp_path):
         assert f"plots/{name}.png" in text
     assert "Held-out results" in text and "| usage |" in text
     assert "## What the loss is made of" in text and "Training usage is the fraction of codes" in text
+    # quantizers that report vq_mse and the weighted terms get them decomposed (absent keys are tolerated)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        if r["split"] == "train":
+            r.update(vq_mse=r["quantizer_loss"], commitment_loss=0.05 * r["quantizer_loss"],
+                     codebook_loss=0.95 * r["quantizer_loss"])
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = write_report(run).read_text()
+    assert "| vq_mse (mean squared distance input - code, unweighted) |" in text
+    assert "commitment_loss (= 0.05 x vq_mse)" in text and "codebook_loss (= 0.95 x vq_mse)" in text
+    _assert_png(run / "plots/loss_terms.png")
 
 
 def test_classifier_run_and_report(tmp_path):
@@ -299,7 +310,7 @@ def test_ablation_writes_one_table_and_curves(tmp_path):
 def _torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vqkit.cli",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vqkit",
            "train", "--out", str(out), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 

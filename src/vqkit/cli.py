@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if type(e).__name__ != "TrainingInterrupted":
             raise
-        print(f"vqkit {args.command}: {e}", file=sys.stderr)
+        if getattr(e, "rank", 0) == 0:
+            print(f"vqkit {args.command}: {e}", file=sys.stderr)
         return _interrupted_status(e)
 
 

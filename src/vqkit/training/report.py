@@ -189,7 +189,9 @@ def write_report(run_dir: str | Path, *, num_images: int = 16, verbose: bool = F
             images.append(("Reconstructions", rel("reconstructions")))
         if counts is not None:
             usage_histogram(run.plot("codebook_usage"), counts, title=f"held-out code usage, {ckpt.name}")
-            images.append(("Codebook usage (final, test split)", rel("codebook_usage")))
+            scope = "test split" if not 0 < recipe.data.eval_limit < len(test_ds) else \
+                f"first {recipe.data.eval_limit} test images"
+            images.append((f"Codebook usage (final, {scope})", rel("codebook_usage")))
 
     quantizer = getattr(model, "quantizer", None)
     dead_code_steps = getattr(quantizer, "dead_code_steps", None)

@@ -74,8 +74,8 @@ class RunResult:
 class TrainingInterrupted(Exception):
     """Training stopped on SIGINT / SIGTERM after saving a checkpoint at the end of the current step."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path | None, run_dir: Path) -> None:
-        self.signum, self.step, self.checkpoint, self.run_dir = signum, step, checkpoint, run_dir
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, run_dir: Path, rank: int = 0) -> None:
+        self.signum, self.step, self.checkpoint, self.run_dir, self.rank = signum, step, checkpoint, run_dir, rank
         where = f"checkpoint {checkpoint}" if checkpoint is not None else "checkpoint written by rank 0"
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; {where}; continue with "
                          f"`vqkit train --out {run_dir} --resume`")
@@ -314,7 +314,7 @@ def _train(recipe: Recipe, run: RunDir, ctx: parallel.DistContext, resume: bool,
                             save_checkpoint(run.root, done, model, optimizer, extra=extra(),
                                             keep=recipe.log.keep_checkpoints)
                         checkpoint = run.checkpoint(done)
-                    raise TrainingInterrupted(signum, done, checkpoint, run.root)
+                    raise TrainingInterrupted(signum, done, checkpoint, run.root, ctx.rank)
     finally:
         bar.close()
         logger.close()
