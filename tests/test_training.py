@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 from vqkit.training import (
     Recipe,
     RecipeError,
+    TrainingInterrupted,
     apply_overrides,
     get_preset,
     latest_checkpoint,
@@ -377,17 +379,17 @@ def test_ablation_resumes_an_interrupted_run(tmp_path, monkeypatch):
     real_train = ablate.train
     calls = []
 
-    def crash_once(recipe, out, **kw):
+    def sigterm_once(recipe, out, **kw):
         calls.append(kw.get("resume"))
         if len(calls) == 1:
-            kw["on_step"] = lambda step: (_ for _ in ()).throw(Interrupt()) if step == 7 else None
+            kw["on_step"] = lambda step: os.kill(os.getpid(), signal.SIGTERM) if step == 7 else None
         return real_train(recipe, out, **kw)
 
-    monkeypatch.setattr(ablate, "train", crash_once)
-    with pytest.raises(Interrupt):
+    monkeypatch.setattr(ablate, "train", sigterm_once)
+    with pytest.raises(TrainingInterrupted, match=r"after step 7; .*run the same `vqkit ablate` command"):
         run_ablation(base, tmp_path / "ab", seeds=[0], rungs=["plain"], progress=False)
     run_ablation(base, tmp_path / "ab", seeds=[0], rungs=["plain"], progress=False)
-    assert calls == [False, True]  # the second call continued from the step-5 checkpoint
+    assert calls == [False, True]  # the second call continued from the step-7 checkpoint
     steps = [r["step"] for r in read_metrics(tmp_path / "ab/plain/seed0", "train")]
     assert steps == list(range(1, 11))
 

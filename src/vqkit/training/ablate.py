@@ -49,7 +49,7 @@ from .logging import read_metrics
 from .plots import line_plot
 from .recipe import QuantizerConfig, Recipe, RecipeError, to_toml
 from .rundir import ABLATION_JSON_FILE, ABLATION_TABLE_FILE, RunDir, ablation_run_dir, curves_file
-from .trainer import train
+from .trainer import TrainingInterrupted, train
 
 __all__ = ["Rung", "LADDER", "RUNG_NAMES", "run_ablation", "fsq_levels_near", "effective_arguments"]
 
@@ -263,7 +263,12 @@ def run_ablation(
                 shutil.rmtree(run.root)
             note(f"{tag}: {'resuming' if resumable else 'training'} ({recipe.steps} steps) in {run.root}",
                  enabled=progress)
-            res = train(recipe, run.root, resume=bool(resumable), label=tag)
+            try:
+                res = train(recipe, run.root, resume=bool(resumable), label=tag)
+            except TrainingInterrupted as e:
+                raise TrainingInterrupted(e.signum, e.step, e.checkpoint, e.run_dir, e.rank,
+                                          hint=f"run the same `vqkit ablate` command (--out {out}) again to "
+                                               "continue the ablation") from None
             final = res.final
             wall = json.loads(run.summary.read_text())["wall_time_s"]  # all sessions of the run
             note(f"{tag}: {_shown_metrics(final)} ({wall:.1f} s)", enabled=progress)

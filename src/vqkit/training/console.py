@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["note", "warn", "progress_bar", "NullBar"]
+__all__ = ["note", "warn", "progress_bar", "require_progress_bar", "NullBar"]
 
 _active_bar: Any = None
 
@@ -49,16 +49,26 @@ class NullBar:
         pass
 
 
+def require_progress_bar() -> None:
+    """Raise ImportError (with the fix) when progress bars are wanted but tqdm is missing."""
+    _tqdm()
+
+
+def _tqdm() -> Any:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as e:
+        raise ImportError("log.progress = true needs tqdm: pip install tqdm (or --set log.progress=false)") from e
+    return tqdm
+
+
 def progress_bar(total: int, initial: int, desc: str, enabled: bool) -> Any:
     """A tqdm bar on stderr (updated at most every 10 s when stderr is not a terminal), or a
     :class:`NullBar`. Close it with ``.close()``; :func:`note` writes above it while it is open."""
     global _active_bar
     if not enabled:
         return NullBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError as e:
-        raise ImportError("log.progress = true needs tqdm: pip install tqdm (or --set log.progress=false)") from e
+    tqdm = _tqdm()
     interactive = sys.stderr.isatty()
     bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=sys.stderr,
                mininterval=0.1 if interactive else 10.0)

@@ -41,7 +41,7 @@ from .. import distributed as dist_utils
 from . import parallel
 from .build import build_from_recipe, load_datasets
 from .checkpoint import remove_leftovers, save_checkpoint, set_aside
-from .console import note, progress_bar
+from .console import note, progress_bar, require_progress_bar
 from .evaluate import evaluate
 from .logging import MetricLogger, tensorboard_writer_class
 from .objective import task_loss
@@ -74,11 +74,12 @@ class RunResult:
 class TrainingInterrupted(Exception):
     """Training stopped on SIGINT / SIGTERM after saving a checkpoint at the end of the current step."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path | None, run_dir: Path, rank: int = 0) -> None:
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, run_dir: Path, rank: int = 0,
+                 hint: str | None = None) -> None:
         self.signum, self.step, self.checkpoint, self.run_dir, self.rank = signum, step, checkpoint, run_dir, rank
         where = f"checkpoint {checkpoint}" if checkpoint is not None else "checkpoint written by rank 0"
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; {where}; continue with "
-                         f"`vqkit train --out {run_dir} --resume`")
+        hint = hint or f"continue with `vqkit train --out {run_dir} --resume`"
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; {where}; {hint}")
 
 
 class _StopRequest:
@@ -226,6 +227,8 @@ def _train(recipe: Recipe, run: RunDir, ctx: parallel.DistContext, resume: bool,
     _check_out_dir(run, resume)
     if main and recipe.log.tensorboard:
         tensorboard_writer_class()
+    if verbose:
+        require_progress_bar()
     train_ds, test_ds = load_datasets(recipe)
     model = build_from_recipe(recipe, train_ds).to(device)
     optimizer = build_optimizer(model, recipe.optim)
