@@ -394,3 +394,10 @@ def test_read_checkpoint_checks_without_changing_the_model(pristine):
     other = build_from_recipe(apply_overrides(recipe, ["model.hidden=8"]), train_ds)
     with pytest.raises(CheckpointError, match="model.safetensors: shape mismatch"):
         read_checkpoint(pristine / "checkpoints/step_00000010", other)
+
+
+def test_other_thread_count_on_resume_is_reported(run_copy, capsys):
+    code, err = _resume(run_copy, capsys, "--threads", "2")
+    assert code == 0, err
+    assert "step_00000010 was trained with 1 intra-op thread(s), this session uses 2" in err
+    assert "--threads 1 to match it" in err

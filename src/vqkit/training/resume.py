@@ -137,6 +137,12 @@ def plan_resume(run: RunDir, recipe: Recipe, model: nn.Module, optimizer: torch.
                     plan.notes.append(f"warning: with the cosine schedule the learning rate from step {ckpt.step} "
                                       f"on follows the new length ({recipe.steps} steps), so the run is not the "
                                       f"same as one trained for {recipe.steps} steps from the start")
+        threads = ckpt.state.get("threads")
+        if isinstance(threads, int) and threads != torch.get_num_threads():
+            plan.notes.append(f"warning: {ckpt.path.name} was trained with {threads} intra-op thread(s), this "
+                              f"session uses {torch.get_num_threads()}: float sums may round differently, so the "
+                              f"result can differ in the last bits from an uninterrupted run (pass --threads "
+                              f"{threads} to match it)")
         plan.notes.append(f"resuming from {ckpt.path.name} (step {ckpt.step} of {recipe.steps})")
     try:
         records, plan.torn_metrics = scan_metrics(run.metrics)
