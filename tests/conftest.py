@@ -11,3 +11,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+TINY_OVERRIDES = ["batch_size=32", "model.hidden=16", "model.latent_dim=8", "quantizer.codebook_size=32",
+                  "quantizer.dead_code_steps=3", "log.eval_every=10", "log.checkpoint_every=5",
+                  "log.progress=false", "log.report=false"]
+
+
+@pytest.fixture
+def tiny_recipe():
+    """``tiny_recipe(steps, *overrides)``: the default recipe (digits VQ-VAE) shrunk to run in about a second."""
+    from vqkit.training import apply_overrides, load_recipe
+
+    def make(steps: int = 20, *extra: str):
+        return apply_overrides(load_recipe(), [f"steps={steps}", *TINY_OVERRIDES, *extra])
+
+    return make

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 from vqkit.training import (
     Recipe,
     RecipeError,
+    TrainingInterrupted,
     apply_overrides,
     get_preset,
     latest_checkpoint,
@@ -234,7 +236,7 @@ def test_out_dir_guard(tmp_path):
     train(tiny(2), tmp_path / "run")
     with pytest.raises(FileExistsError, match="already holds a run; pass --resume"):
         train(tiny(2), tmp_path / "run")
-    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint found"):
+    with pytest.raises(FileNotFoundError, match="--resume: .*empty does not exist"):
         train(tiny(2), tmp_path / "empty", resume=True)
 
 
@@ -258,10 +260,22 @@ def test_report_writes_markdown_and_valid_pngs(tmp_path):
     train(tiny(12, "log.eval_every=4"), run)
     report = write_report(run)
     text = report.read_text()
-    for name in ("loss", "usage", "perplexity", "reconstructions", "codebook_usage"):
+    for name in ("loss", "loss_terms", "usage", "perplexity", "reconstructions", "codebook_usage"):
         _assert_png(run / "plots" / f"{name}.png")
         assert f"plots/{name}.png" in text
     assert "Held-out results" in text and "| usage |" in text
+    assert "## What the loss is made of" in text and "Training usage is the fraction of codes" in text
+    # quantizers that report vq_mse and the weighted terms get them decomposed (absent keys are tolerated)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        if r["split"] == "train":
+            r.update(vq_mse=r["quantizer_loss"], commitment_loss=0.05 * r["quantizer_loss"],
+                     codebook_loss=0.95 * r["quantizer_loss"])
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = write_report(run).read_text()
+    assert "| vq_mse (mean squared distance input - code, unweighted) |" in text
+    assert "commitment_loss (= 0.05 x vq_mse)" in text and "codebook_loss (= 0.95 x vq_mse)" in text
+    _assert_png(run / "plots/loss_terms.png")
 
 
 def test_classifier_run_and_report(tmp_path):
@@ -270,6 +284,8 @@ def test_classifier_run_and_report(tmp_path):
         "log.eval_every=3", "log.progress=false"])
     result = train(recipe, tmp_path / "cls")
     assert {"accuracy", "usage", "perplexity"} <= set(result.final)
+    assert not (tmp_path / "cls/report.md").exists()  # the CLI writes the report, train() does not
+    write_report(tmp_path / "cls")
     _assert_png(tmp_path / "cls/plots/accuracy.png")
     assert not (tmp_path / "cls/plots/reconstructions.png").exists()
 
@@ -296,7 +312,7 @@ def test_ablation_writes_one_table_and_curves(tmp_path):
 def _torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vqkit.cli",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vqkit",
            "train", "--out", str(out), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
@@ -318,3 +334,81 @@ def test_two_process_training_writes_once_and_resumes(tmp_path):
     assert json.loads((run / "run.json").read_text())["resumed_from_step"] == 8
     assert [r["step"] for r in read_metrics(run, "train")] == list(range(1, 13))
     assert latest_checkpoint(run).name == "step_00000012"
+
+
+# ----------------------------------------------------------------------------------------------
+# honest output
+# ----------------------------------------------------------------------------------------------
+
+
+def test_one_seed_limited_eval_and_missing_peer_are_reported(tmp_path, monkeypatch, capsys):
+    from vqkit.training import ablate
+
+    monkeypatch.setattr(ablate, "LADDER", tuple(r for r in ablate.LADDER if r.key in ("plain", "fsq", "peer")))
+    monkeypatch.setattr(ablate, "_peer_available", lambda: False)
+    titles = []
+    real_plot = ablate.line_plot
+    monkeypatch.setattr(ablate, "line_plot", lambda path, series, **kw: titles.append(kw["title"]) or
+                        real_plot(path, series, **kw))
+    base = tiny(4, "log.eval_every=2", "data.eval_limit=50")
+    text = run_ablation(base, tmp_path / "ab", seeds=[0]).read_text()
+    err = capsys.readouterr().err
+    assert "±" not in text and "one seed (0), no spread" in text
+    assert "the first 50 of the 360 test images (data.eval_limit = 50)" in text and "full test split" not in text
+    assert "| vector-quantize-pytorch" in text and "not run: vector-quantize-pytorch is not installed" in text
+    assert "not run: vector-quantize-pytorch is not installed" in err
+    assert "[1/2] plain seed 0: training (4 steps)" in err and "[2/2] fsq seed 0" in err
+    assert "writing ablation.md, ablation.json and the curves" in err
+    assert titles and all("+-" not in t and "±" not in t and "one seed" in t for t in titles)
+    data = json.loads((tmp_path / "ab/ablation.json").read_text())
+    assert data["results"]["plain"]["mean_std"]["usage"][1] is None and "not_run" in data["results"]["peer"]
+    with pytest.raises(ImportError, match="--rungs peer: needs vector-quantize-pytorch"):
+        run_ablation(base, tmp_path / "ab2", seeds=[0], rungs=["peer"])
+    # two seeds: mean ± std in the table and the plot titles
+    titles.clear()
+    text = run_ablation(tiny(4, "log.eval_every=2"), tmp_path / "ab3", seeds=[0, 1], rungs=["plain"],
+                        progress=False).read_text()
+    assert "mean ± std over 2 seeds" in text and "full test split (360 images)" in text and " ± " in text
+    assert all("mean ± std over 2 seeds" in t for t in titles)
+
+
+def test_ablation_resumes_an_interrupted_run(tmp_path, monkeypatch):
+    base = tiny(10, "log.eval_every=5", "log.checkpoint_every=5")
+    from vqkit.training import ablate
+
+    real_train = ablate.train
+    calls = []
+
+    def sigterm_once(recipe, out, **kw):
+        calls.append(kw.get("resume"))
+        if len(calls) == 1:
+            kw["on_step"] = lambda step: os.kill(os.getpid(), signal.SIGTERM) if step == 7 else None
+        return real_train(recipe, out, **kw)
+
+    monkeypatch.setattr(ablate, "train", sigterm_once)
+    with pytest.raises(TrainingInterrupted, match=r"after step 7; .*run the same `vqkit ablate` command"):
+        run_ablation(base, tmp_path / "ab", seeds=[0], rungs=["plain"], progress=False)
+    run_ablation(base, tmp_path / "ab", seeds=[0], rungs=["plain"], progress=False)
+    assert calls == [False, True]  # the second call continued from the step-7 checkpoint
+    steps = [r["step"] for r in read_metrics(tmp_path / "ab/plain/seed0", "train")]
+    assert steps == list(range(1, 11))
+
+
+def test_report_explains_the_loss_terms_and_the_usage_curve():
+    from vqkit.training.report import loss_terms, usage_curve_notes
+
+    record = {"step": 5, "split": "train", "loss": 0.5, "mse": 0.3, "quantizer_loss": 0.02, "vq_mse": 0.02,
+              "commitment_loss": 0.001, "codebook_loss": 0.019}
+    text = "\n".join(loss_terms(record, 10.0, (0.05, 0.95)))
+    assert "| task loss (mse) | 0.3 |" in text and "| 10 x quantizer_loss | 0.2 (quantizer_loss 0.02) |" in text
+    assert "vq_mse" in text and "commitment_loss (= 0.05 x vq_mse) | 0.001" in text
+    assert "codebook_loss (= 0.95 x vq_mse) | 0.019" in text
+    old = "\n".join(loss_terms({"step": 1, "loss": 0.5, "ce": 0.4, "quantizer_loss": 0.01}, 1.0))
+    assert "task loss (ce)" in old and "vq_mse" not in old  # quantizers without the VQ terms
+    usage = [1.0, 0.4, 0.2, 0.11, 0.15, 0.2] + [0.3] * 14 + [0.8, 0.9, 0.95, 0.95, 0.96, 0.96]
+    records = [{"step": i + 1, "usage": u} for i, u in enumerate(usage)]
+    (note,) = usage_curve_notes(records, dead_code_steps=20)
+    assert "starts at 100% (step 1)" in note and "drops to 11% by step 4" in note
+    assert "`dead_code_steps` = 20" in note and "96% at step 25" in note and "not a collapse" in note
+    (flat,) = usage_curve_notes([{"step": i, "usage": 0.9} for i in range(1, 10)], dead_code_steps=5)
+    assert "drops" not in flat

@@ -1,18 +1,23 @@
-"""The ``vqkit`` command line.
+"""The ``vqkit`` command line (also ``python -m vqkit``).
 
 ::
 
-    vqkit train  [--recipe NAME|FILE] [--out DIR] [--set key=value ...] [--resume]
-    vqkit report RUN_DIR
+    vqkit train  [--recipe NAME|FILE] [--out DIR] [--set key=value ...] [--resume] [--threads N|auto]
+    vqkit report RUN_DIR [--threads N|auto]
     vqkit ablate [--recipe NAME|FILE | --dataset NAME --model KIND] [--seeds 0 1 2] [--rungs ...]
-                 [--fix key=value ...] [--set key=value ...] [--out DIR]
+                 [--fix key=value ...] [--set key=value ...] [--out DIR] [--threads N|auto]
     vqkit recipes [NAME]
     vqkit bench ...          (the benchmark suite, :mod:`vqkit.bench`; ``vqkit bench --help``)
+    vqkit --version
 
 ``vqkit train`` with no recipe trains the default (a VQ-VAE on the bundled 8x8 digits) into
 ``runs/<timestamp>`` and writes its report. Under ``torchrun --nproc_per_node=N`` it trains with DDP
-(see :mod:`vqkit.training.trainer`). Errors in recipes, overrides or data paths print one clear message
-and exit with status 2 (no traceback).
+(see :mod:`vqkit.training.trainer`). Errors in recipes, overrides, data paths or run directories print
+one clear message and exit with status 2 (no traceback); Ctrl-C / SIGTERM save a checkpoint and exit
+with 130 / 143.
+
+This module imports only the standard library at the top: ``vqkit --help`` and ``vqkit --version`` do
+not load torch; each subcommand imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import __version__
+
 __all__ = ["main", "build_parser"]
 
 
@@ -30,21 +37,45 @@ def _default_out(prefix: str = "") -> str:
     return str(Path("runs") / f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+def _threads_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1 or 'auto', got {text!r}")
+    return n
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_threads_arg, default="auto", metavar="N|auto",
+                   help="intra-op CPU threads (default auto: the CPUs this process may use, minus cores other "
+                        "processes keep busy; OMP_NUM_THREADS is honoured when set)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqkit", description="Train, ablate and report vqkit models.")
+    parser.add_argument("--version", action="version", version=f"vqkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,report,ablate,recipes,bench}")
 
     p = sub.add_parser("train", help="train a model from a recipe", description="Train a model from a recipe "
-                       "(default: a VQ-VAE on the bundled digits) and write logs, checkpoints and a report.")
+                       "(default: a VQ-VAE on the bundled digits) and write logs, checkpoints and a report. "
+                       "Checkpoints are written periodically (log.checkpoint_every steps, log.checkpoint_minutes) "
+                       "and on Ctrl-C / SIGTERM; --resume continues from the newest intact one.")
     p.add_argument("--recipe", help="built-in recipe name (see `vqkit recipes`) or a .toml file")
     p.add_argument("--out", help="run directory (default: runs/<timestamp>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set steps=200 --set quantizer.codebook_size=512")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its newest checkpoint (recipe from --out/recipe.toml)")
+                   help="continue the run in --out from its newest intact checkpoint (recipe from --out/recipe.toml; "
+                        "a run without checkpoints restarts from step 0)")
+    _add_threads(p)
 
     p = sub.add_parser("report", help="write report.md and plots for a run directory")
     p.add_argument("run_dir", metavar="RUN_DIR")
+    _add_threads(p)
 
     p = sub.add_parser("ablate", help="run the paper's ladder over several seeds and write one table",
                        description="Train every rung of the ladder (plain STE, + k-means, + sync, + affine, "
@@ -60,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the base recipe")
     p.add_argument("--out", help="output directory (default: runs/ablate-<timestamp>)")
+    _add_threads(p)
 
     p = sub.add_parser("recipes", help="list built-in recipes, or print one as TOML")
     p.add_argument("name", nargs="?")
@@ -69,49 +101,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from .training import apply_overrides, load_recipe, train
+def _set_threads(args: argparse.Namespace) -> str:
+    """Set the intra-op thread count from ``--threads``; returns the line that says what was chosen."""
+    from .training import set_threads
 
+    n, why = set_threads(args.threads)
+    return f"{n} intra-op thread(s) ({why})"
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training import RunDir, apply_overrides, load_recipe, resume_recipe, train, write_report
+
+    notes: list[str] = []  # shown by the main rank once the run's checks pass
     if args.resume:
         if args.out is None:
             raise ValueError("--resume: give the run directory to continue with --out DIR")
         if args.recipe is not None:
             raise ValueError("--resume: the run continues the recipe saved in --out/recipe.toml; drop --recipe "
                              "(use --set to change e.g. steps)")
-        saved = Path(args.out) / "recipe.toml"
-        if not saved.is_file():
-            raise FileNotFoundError(f"--resume: {args.out} is not a run directory (no recipe.toml)")
-        recipe = load_recipe(saved)
+        recipe = resume_recipe(args.out, notes=notes)
     else:
         recipe = load_recipe(args.recipe)
     recipe = apply_overrides(recipe, args.overrides)
-    out = args.out or _default_out()
-    result = train(recipe, out, resume=args.resume)
-    if _is_main():
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in result.final.items())
-        print(f"done: {result.step} steps in {result.wall_time_s:.1f} s; held-out {shown}")
-        print(f"run directory: {result.run_dir}" + (f" (report: {result.run_dir / 'report.md'})"
-                                                  if recipe.log.report else ""))
+    notes.insert(0, _set_threads(args))
+    result = train(recipe, args.out or _default_out(), resume=args.resume, notes=notes)
+    if not result.is_main:
+        return 0
+    run = RunDir(result.run_dir)
+    report = None
+    if recipe.log.report and not (result.already_finished and run.report.is_file()):
+        report = write_report(run.root, verbose=recipe.log.progress)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in result.final.items())
+    verb = "already finished" if result.already_finished else "done"
+    print(f"{verb}: {result.step} steps in {result.wall_time_s:.1f} s; held-out {shown}")
+    print(f"run directory: {run.root}" + (f" (report: {report})" if report is not None else ""))
     return 0
-
-
-def _is_main() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from .training import write_report
 
-    path = write_report(args.run_dir)
+    print(f"vqkit: {_set_threads(args)}", file=sys.stderr)
+    path = write_report(args.run_dir, verbose=True)
     print(f"wrote {path}")
     return 0
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from .training import apply_overrides, get_preset, load_recipe, run_ablation
-    from .training.recipe import _arg_value, _parse_literal, parse_overrides
+    from .training.recipe import parse_arg_value, parse_overrides
 
     if args.recipe is not None:
         if args.dataset or args.model:
@@ -121,7 +159,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         dataset, model = args.dataset or "digits", args.model or "vqvae"
         base = get_preset(f"{dataset}-{model}")
     base = apply_overrides(base, args.overrides)
-    fixes = {k: _arg_value(_parse_literal(v)) for k, v in parse_overrides(args.fixes)}
+    fixes = {k: parse_arg_value(v) for k, v in parse_overrides(args.fixes)}
+    print(f"vqkit: {_set_threads(args)}", file=sys.stderr)
     out = args.out or _default_out("ablate-")
     command = "vqkit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["ablate"] else ""
     path = run_ablation(base, out, seeds=args.seeds, rungs=args.rungs, fixes=fixes, command=command)
@@ -147,6 +186,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args.bench_args)
 
 
+def _interrupted_status(error: BaseException) -> int:
+    import signal
+
+    return 128 + int(getattr(error, "signum", signal.SIGINT))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vqkit`` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -163,9 +208,15 @@ def main(argv: list[str] | None = None) -> int:
             message += "\nOn the command line: --set data.root=<that directory>."
         print(f"vqkit {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"vqkit {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted_status(e)
+    except Exception as e:
+        if type(e).__name__ != "TrainingInterrupted":
+            raise
+        if getattr(e, "rank", 0) == 0:
+            print(f"vqkit {args.command}: {e}", file=sys.stderr)
+        return _interrupted_status(e)
 
 
 if __name__ == "__main__":

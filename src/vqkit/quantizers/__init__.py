@@ -24,6 +24,8 @@ __all__ = [
     "GroupedResidualVectorQuantizer",
     "ResidualFSQ",
     "PLAIN_STE",
+    "PAPER",
+    "TECHNIQUES",
     "FSQ",
     "fsq_levels",
     "LatentQuantizer",

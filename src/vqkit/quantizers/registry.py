@@ -144,11 +144,13 @@ def _available(requires: str) -> bool:
 
 
 def list_quantizers(include_optional: bool = True) -> list[str]:
-    """Registered quantizer names (optional ones only when their package is installed)."""
+    """Registered quantizer names; the optional ones (comparisons with other libraries, e.g. ``vqpytorch``)
+    last, and only with ``include_optional`` and their package installed. The contract suite covers the
+    others."""
     _load_builtins()
-    names = list(_REGISTRY)
+    names = [n for n in _REGISTRY if n not in _OPTIONAL]
     if include_optional:
-        names += [n for n, (_, req) in _OPTIONAL.items() if n not in _REGISTRY and _available(req)]
+        names += [n for n, (_, req) in _OPTIONAL.items() if n in _REGISTRY or _available(req)]
     return names
 
 

@@ -1,14 +1,29 @@
 """Training toolkit: recipes, the trainer loop, checkpoints, metric logs, reports and ablations.
 
-Python entry points mirror the CLI: :func:`train` (``vqkit train``), :func:`write_report`
-(``vqkit report``), :func:`run_ablation` (``vqkit ablate``).
+Python entry points mirror the CLI: :func:`train` (``vqkit train``; then :func:`write_report` when the
+recipe's ``log.report`` is on, as the CLI does), :func:`write_report` (``vqkit report``),
+:func:`run_ablation` (``vqkit ablate``), :func:`set_threads` (``--threads``).
+
+Module layout (imports only point down this list, no cycles): ``rundir`` (file names), ``console``
+(status lines, progress bars), ``threads``, ``presets`` (data) -> ``recipe`` -> ``build`` (datasets,
+models), ``optim``, ``sampling``, ``objective``, ``parallel``, ``logging``, ``checkpoint``, ``evaluate``,
+``plots`` -> ``resume`` -> ``trainer`` -> ``report`` -> ``ablate``.
 """
 
 from .ablate import LADDER, Rung, run_ablation
-from .checkpoint import latest_checkpoint, load_checkpoint, load_model_weights, save_checkpoint
+from .build import build_from_recipe, load_datasets
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    load_model_weights,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .evaluate import EvalResult, evaluate
-from .logging import MetricLogger, read_metrics
-from .presets import get_preset, preset_names
+from .logging import MetricLogger, MetricsFileError, read_metrics
+from .presets import preset_names
 from .recipe import (
     DataConfig,
     LogConfig,
@@ -18,11 +33,15 @@ from .recipe import (
     Recipe,
     RecipeError,
     apply_overrides,
+    get_preset,
     load_recipe,
     to_toml,
 )
 from .report import write_report
-from .trainer import RunResult, build_from_recipe, train
+from .resume import resume_recipe
+from .rundir import RunDir
+from .threads import set_threads
+from .trainer import RunResult, TrainingInterrupted, train
 
 __all__ = [
     "Recipe",
@@ -39,15 +58,24 @@ __all__ = [
     "preset_names",
     "train",
     "RunResult",
+    "TrainingInterrupted",
+    "resume_recipe",
     "build_from_recipe",
+    "load_datasets",
     "evaluate",
     "EvalResult",
     "save_checkpoint",
     "load_checkpoint",
+    "read_checkpoint",
     "load_model_weights",
     "latest_checkpoint",
+    "Checkpoint",
+    "CheckpointError",
     "MetricLogger",
+    "MetricsFileError",
     "read_metrics",
+    "RunDir",
+    "set_threads",
     "write_report",
     "run_ablation",
     "LADDER",

@@ -19,15 +19,17 @@ Rungs (cumulative from ``plain`` to ``replace``; the comparisons start from plai
 Settings a rung does not give (e.g. ``alternating_lr``, the loss weights, the codebook spec's fields) are the library
 defaults of the moment; the table lists every argument as built, given and defaulted.
 
-Each (rung, seed) trains into ``OUT/<rung>/seed<k>`` (finished runs are reused, so an interrupted
-ablation continues where it stopped); the table ``OUT/ablation.md`` (+ ``ablation.json``) gives mean +-
-std over seeds of the held-out usage, perplexity and MSE (or accuracy), and ``OUT/curves_*.png`` overlay
-the held-out curves. ``fixes`` passes explicit keyword arguments to the vqkit VQ rungs that use the fix
+Each (rung, seed) trains into ``OUT/<rung>/seed<k>`` (finished runs are reused and unfinished ones
+resume from their checkpoint, so an interrupted ablation continues where it stopped); the table
+``OUT/ablation.md`` (+ ``ablation.json``) gives the held-out usage, perplexity and MSE (or accuracy) as
+mean ± std over seeds (the plain value for one seed), says which test images they were measured on,
+and lists a rung whose package is missing as not run; ``OUT/curves_*.png`` overlay the held-out curves. ``fixes`` passes explicit keyword arguments to the vqkit VQ rungs that use the fix
 (e.g. ``{"alternating_lr": 0.5}`` reaches the rungs with alternating steps; never ``defaults``).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import shutil
@@ -36,10 +38,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..quantizers.vector import PLAIN_STE
+import torch
+
+from .. import __version__
+from ..models.peer import PEER_BEST_PRACTICE
+from ..quantizers.vector import PLAIN_STE, VectorQuantizer
+from .build import build_from_recipe, load_datasets
+from .console import note, warn
 from .logging import read_metrics
 from .plots import line_plot
 from .recipe import QuantizerConfig, Recipe, RecipeError, to_toml
+from .rundir import ABLATION_JSON_FILE, ABLATION_TABLE_FILE, RunDir, ablation_run_dir, curves_file
+from .trainer import TrainingInterrupted, train
 
 __all__ = ["Rung", "LADDER", "RUNG_NAMES", "run_ablation", "fsq_levels_near", "effective_arguments"]
 
@@ -97,8 +107,6 @@ def _fsq(base: QuantizerConfig, fixes: dict[str, Any]) -> QuantizerConfig:
 
 
 def _peer(base: QuantizerConfig, fixes: dict[str, Any]) -> QuantizerConfig:
-    from ..models.peer import PEER_BEST_PRACTICE
-
     return QuantizerConfig("vqpytorch", base.loss_weight, {"codebook_size": _codebook_size(base), **PEER_BEST_PRACTICE})
 
 
@@ -124,22 +132,30 @@ LADDER: tuple[Rung, ...] = (
 RUNG_NAMES = tuple(r.key for r in LADDER)
 
 
+PEER_PACKAGE = "vector-quantize-pytorch"
+PEER_MISSING = f"not run: {PEER_PACKAGE} is not installed (pip install 'vqkit[bench]')"
+
+
 def _peer_available() -> bool:
     try:
-        import vector_quantize_pytorch  # noqa: F401
+        import vector_quantize_pytorch  # noqa: F401  (optional dependency)
     except ImportError:
         return False
     return True
 
 
-def _select(rungs: Sequence[str] | None) -> list[Rung]:
+def _select(rungs: Sequence[str] | None) -> tuple[list[Rung], list[Rung]]:
+    """``(rungs to run, rungs left out because their package is missing)``."""
     if rungs is None:
-        return [r for r in LADDER if r.key != "peer" or _peer_available()]
+        peer_ok = _peer_available()
+        return [r for r in LADDER if r.key != "peer" or peer_ok], [r for r in LADDER if r.key == "peer" and not peer_ok]
     by_key = {r.key: r for r in LADDER}
     unknown = [k for k in rungs if k not in by_key]
     if unknown:
         raise RecipeError(f"--rungs: unknown rung(s) {', '.join(unknown)}; valid: {', '.join(RUNG_NAMES)}")
-    return [by_key[k] for k in rungs]
+    if "peer" in rungs and not _peer_available():
+        raise ImportError(f"--rungs peer: needs {PEER_PACKAGE} (pip install 'vqkit[bench]')")
+    return [by_key[k] for k in rungs], []
 
 
 _QUIET = ("channel_dim", "check_finite", "memory_budget", "kmeans_iters",
@@ -152,10 +168,6 @@ def effective_arguments(q: QuantizerConfig) -> dict[str, Any]:
     table records what ran even while the library defaults change."""
     args: dict[str, Any] = {"kind": q.kind, "loss_weight": q.loss_weight}
     if q.kind == "vq":
-        import inspect
-
-        from ..quantizers.vector import VectorQuantizer
-
         for name, p in inspect.signature(VectorQuantizer.__init__).parameters.items():
             if p.default is not p.empty and name not in _QUIET:
                 args[name] = p.default
@@ -163,10 +175,11 @@ def effective_arguments(q: QuantizerConfig) -> dict[str, Any]:
     return args
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample std over seeds; std None for one seed (there is no spread to report)."""
     n = len(values)
     mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
     return mean, std
 
 
@@ -176,9 +189,23 @@ def _run_recipe(base: Recipe, rung: Rung, seed: int, fixes: dict[str, Any]) -> R
     recipe.seed = seed
     recipe.name = f"{base.name}/{rung.key}/seed{seed}"
     recipe.log.report = False
-    recipe.log.progress = False
-    recipe.log.checkpoint_every = 0
+    recipe.log.keep_checkpoints = 1
     return recipe.validate()
+
+
+def _finished(run: RunDir, recipe: Recipe) -> dict[str, Any] | None:
+    """The summary of a finished run of exactly ``recipe`` in ``run``, else None."""
+    try:
+        if run.recipe.read_text() != to_toml(recipe):
+            return None
+        summary = json.loads(run.summary.read_text())
+        return summary if summary.get("steps") == recipe.steps and isinstance(summary.get("final"), dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _shown_metrics(final: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in final.items() if k != "quantizer_loss")
 
 
 def run_ablation(
@@ -198,85 +225,121 @@ def run_ablation(
             ``loss_weight``; its seed is replaced by each of ``seeds``).
         out_dir: where runs, ``ablation.md``, ``ablation.json`` and ``curves_*.png`` go.
         seeds: seeds of every rung.
-        rungs: subset of :data:`RUNG_NAMES` (default: all; ``peer`` only if installed).
+        rungs: subset of :data:`RUNG_NAMES` (default: all; ``peer`` is listed as not run when its
+            package is missing).
         fixes: explicit VectorQuantizer keyword arguments for the vqkit VQ rungs that use that fix.
         command: the command line, recorded in the table's header.
-        progress: print one line per finished run.
+        progress: a ``[k/N]`` line per run, a progress bar while it trains, and status lines.
     Returns:
         path of ``ablation.md``.
     """
-    from .trainer import train
-
-    selected = _select(rungs)
+    selected, missing = _select(rungs)
+    seeds = list(seeds)
+    if not seeds:
+        raise RecipeError("--seeds: give at least one seed")
+    fixes = dict(fixes or {})
+    for rung in missing:
+        warn(f"{rung.label}: {PEER_MISSING}; the table lists it as not run", enabled=progress)
+    # every configuration must build before anything is trained or written
+    plan = [(rung, seed, _run_recipe(base, rung, seed, fixes)) for rung in selected for seed in seeds]
+    _, test_ds = load_datasets(base)
+    for rung in selected:
+        build_from_recipe(_run_recipe(base, rung, seeds[0], fixes), test_ds)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fixes = dict(fixes or {})
+    runs: dict[str, list[dict[str, Any]]] = {r.key: [] for r in selected}
+    total_runs = len(plan)
+    for k, (rung, seed, recipe) in enumerate(plan, 1):
+        tag = f"[{k}/{total_runs}] {rung.key} seed {seed}"
+        run = RunDir(ablation_run_dir(out, rung.key, seed))
+        recipe.log.progress = progress
+        summary = _finished(run, recipe)
+        if summary is not None:
+            final, wall = summary["final"], summary["wall_time_s"]
+            note(f"{tag}: reusing the finished run in {run.root}: {_shown_metrics(final)}", enabled=progress)
+        else:
+            resumable = run.recipe.is_file() and run.recipe.read_text() == to_toml(recipe) and run.step_dirs()
+            if not resumable and run.root.exists():  # an outdated run, or one stopped before any checkpoint
+                shutil.rmtree(run.root)
+            note(f"{tag}: {'resuming' if resumable else 'training'} ({recipe.steps} steps) in {run.root}",
+                 enabled=progress)
+            try:
+                res = train(recipe, run.root, resume=bool(resumable), label=tag)
+            except TrainingInterrupted as e:
+                raise TrainingInterrupted(e.signum, e.step, e.checkpoint, e.run_dir, e.rank,
+                                          hint=f"run the same `vqkit ablate` command (--out {out}) again to "
+                                               "continue the ablation") from None
+            final = res.final
+            wall = json.loads(run.summary.read_text())["wall_time_s"]  # all sessions of the run
+            note(f"{tag}: {_shown_metrics(final)} ({wall:.1f} s)", enabled=progress)
+        runs[rung.key].append({"seed": seed, "wall_time_s": wall, **final})
     results: dict[str, dict[str, Any]] = {}
     for rung in selected:
-        per_seed = []
-        for seed in seeds:
-            recipe = _run_recipe(base, rung, seed, fixes)
-            run_dir = out / rung.key / f"seed{seed}"
-            summary_path = run_dir / "run.json"
-            if summary_path.is_file() and (run_dir / "recipe.toml").read_text() == to_toml(recipe):
-                summary = json.loads(summary_path.read_text())
-                final, wall = summary["final"], summary["wall_time_s"]
-            else:
-                if run_dir.exists():  # an unfinished or outdated run: redo it
-                    shutil.rmtree(run_dir)
-                res = train(recipe, run_dir)
-                final, wall = res.final, res.wall_time_s
-            per_seed.append({"seed": seed, "wall_time_s": wall, **final})
-            if progress:
-                shown = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if k != "quantizer_loss")
-                print(f"[ablate] {rung.key:<12} seed {seed}: {shown} ({wall:.1f} s)", flush=True)
-        metrics = [k for k in per_seed[0] if k != "seed"]
+        per_seed = runs[rung.key]
+        metrics = [m for m in per_seed[0] if m != "seed"]
         results[rung.key] = {
             "label": rung.label,
             "quantizer": effective_arguments(rung.make(base.quantizer, fixes)),
             "runs": per_seed,
-            "mean_std": {k: _mean_std([r[k] for r in per_seed if k in r]) for k in metrics},
+            "mean_std": {m: _mean_std([r[m] for r in per_seed if m in r]) for m in metrics},
         }
-    total = sum(r["wall_time_s"] for res in results.values() for r in res["runs"])  # also right for reused runs
+    for rung in missing:
+        results[rung.key] = {"label": rung.label, "not_run": PEER_MISSING}
+    total = sum(r["wall_time_s"] for res in results.values() for r in res.get("runs", []))  # also right for reused runs
     task_metric = "mse" if base.model.kind == "vqvae" else "accuracy"
-    import torch
-
-    from .. import __version__
-
-    payload = {"base_recipe": base.to_dict(), "seeds": list(seeds), "fixes": fixes, "command": command,
-               "total_run_wall_time_s": round(total, 1), "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "vqkit": __version__, "results": results}
-    (out / "ablation.json").write_text(json.dumps(payload, indent=1) + "\n")
+    eval_scope = _eval_scope(base, len(test_ds))
+    note(f"writing {ABLATION_TABLE_FILE}, {ABLATION_JSON_FILE} and the curves to {out}", enabled=progress)
+    payload = {"base_recipe": base.to_dict(), "seeds": seeds, "fixes": fixes, "command": command,
+               "evaluated_on": eval_scope, "total_run_wall_time_s": round(total, 1),
+               "threads": torch.get_num_threads(), "torch": torch.__version__, "vqkit": __version__,
+               "results": results}
+    (out / ABLATION_JSON_FILE).write_text(json.dumps(payload, indent=1) + "\n")
     _write_curves(out, selected, seeds, task_metric)
-    return _write_table(out, base, selected, seeds, results, task_metric, total, command, fixes)
+    return _write_table(out, base, selected, missing, seeds, results, task_metric, total, command, fixes, eval_scope)
+
+
+def _eval_scope(base: Recipe, n_test: int) -> str:
+    limit = base.data.eval_limit
+    if 0 < limit < n_test:
+        return f"the first {limit} of the {n_test} test images (data.eval_limit = {limit})"
+    return f"the full test split ({n_test} images)"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _seeds_text(seeds: Sequence[int]) -> str:
+    return f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"one seed ({seeds[0]}), no spread"
 
 
 def _write_curves(out: Path, rungs: list[Rung], seeds: Sequence[int], task_metric: str) -> None:
     for key in ("usage", "perplexity", task_metric):
         series, bands = {}, {}
         for rung in rungs:
-            runs = [read_metrics(out / rung.key / f"seed{s}", "test") for s in seeds]
+            runs = [read_metrics(ablation_run_dir(out, rung.key, s), "test") for s in seeds]
             steps = [r["step"] for r in runs[0] if key in r]
             if not steps:
                 continue
             by_step = [[next(r[key] for r in run if r["step"] == st) for run in runs] for st in steps]
             stats = [_mean_std(v) for v in by_step]
             series[rung.label] = (steps, [m for m, _ in stats])
-            bands[rung.label] = ([m - s for m, s in stats], [m + s for m, s in stats])
+            if len(seeds) > 1:
+                bands[rung.label] = ([m - s for m, s in stats], [m + s for m, s in stats])
         if series:
-            line_plot(out / f"curves_{key}.png", series, title=f"held-out {key} (mean +- std over seeds)",
-                      ylabel=key, logy=key == "mse", bands=bands)
+            what = _seeds_text(seeds).replace(", no spread", "")
+            line_plot(curves_file(out, key), series, title=f"held-out {key} ({what})", ylabel=key,
+                      logy=key == "mse", bands=bands or None)
 
 
-def _write_table(out: Path, base: Recipe, rungs: list[Rung], seeds: Sequence[int], results: dict[str, Any],
-                 task_metric: str, total: float, command: str, fixes: dict[str, Any]) -> Path:
-    import torch
-
+def _write_table(out: Path, base: Recipe, rungs: list[Rung], missing: list[Rung], seeds: Sequence[int],
+                 results: dict[str, Any], task_metric: str, total: float, command: str, fixes: dict[str, Any],
+                 eval_scope: str) -> Path:
     def cell(key: str, metric: str, scale: float = 1.0, digits: int = 1) -> str:
         if metric not in results[key]["mean_std"]:
             return "n/a"
         m, s = results[key]["mean_std"][metric]
-        return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
+        return f"{m * scale:.{digits}f}" if s is None else f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
 
     task_head, task_args = ("test MSE", ("mse", 1.0, 4)) if task_metric == "mse" else ("test accuracy (%)", ("accuracy", 100.0, 1))
     lines = [f"# Ablation: {base.name}", ""]
@@ -285,9 +348,9 @@ def _write_table(out: Path, base: Recipe, rungs: list[Rung], seeds: Sequence[int
     lines += [f"Data {base.data.dataset}, model {base.model.kind} ({', '.join(f'{k}={v}' for k, v in base.model.args.items())}), "
               f"K = {base.quantizer.args.get('codebook_size', '?')}, quantizer loss weight {base.quantizer.loss_weight}, "
               f"{base.optim.name} lr {base.optim.lr}, batch {base.batch_size}, {base.steps} steps, seeds "
-              f"{', '.join(map(str, seeds))}. Held-out metrics on the full test split at the last step, mean ± std "
-              f"over seeds. Training wall time of all runs {total / 60:.1f} min ({torch.get_num_threads()} intra-op "
-              f"thread(s); per run: data loading, training, evaluations)."]
+              f"{', '.join(map(str, seeds))}. Held-out metrics on {eval_scope} at the last step, "
+              f"{_seeds_text(seeds)}. Training wall time of all runs {_duration(total)} ({torch.get_num_threads()} "
+              f"intra-op thread(s); per run: data loading, training, evaluations)."]
     if fixes:
         lines += ["", f"Explicit fix settings for the vqkit VQ rungs: {', '.join(f'{k}={v!r}' for k, v in fixes.items())}."]
     lines += ["", f"| configuration | test usage (%) | test perplexity | {task_head} | wall time / run (s) |",
@@ -296,11 +359,13 @@ def _write_table(out: Path, base: Recipe, rungs: list[Rung], seeds: Sequence[int
         r = results[rung.key]
         lines.append(f"| {r['label']} | {cell(rung.key, 'usage', 100.0)} | {cell(rung.key, 'perplexity')} | "
                      f"{cell(rung.key, *task_args)} | {cell(rung.key, 'wall_time_s')} |")
+    for rung in missing:
+        lines.append(f"| {rung.label} | {results[rung.key]['not_run']} | | | |")
     lines += ["", "Quantizer arguments of each row (given and defaulted, as built):", ""]
     for rung in rungs:
         q = results[rung.key]["quantizer"]
         lines.append(f"- {rung.label}: `{', '.join(f'{k}={v!r}' for k, v in q.items())}`")
-    lines += ["", "Curves: " + ", ".join(f"[{k}](curves_{k}.png)" for k in ("usage", "perplexity", task_metric))]
-    path = out / "ablation.md"
+    lines += ["", "Curves: " + ", ".join(f"[{k}]({curves_file(out, k).name})" for k in ("usage", "perplexity", task_metric))]
+    path = out / ABLATION_TABLE_FILE
     path.write_text("\n".join(lines) + "\n")
     return path

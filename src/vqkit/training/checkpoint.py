@@ -1,6 +1,6 @@
-"""Checkpoints as safetensors + JSON, written atomically, loaded without executing pickled code.
+"""Checkpoints as safetensors + JSON, written atomically, checked before use, loaded without pickle.
 
-Layout of ``<run>/checkpoints/``::
+Layout of ``<run>/checkpoints/`` (names from :mod:`vqkit.training.rundir`)::
 
     step_00000600/
         model.safetensors       model parameters and buffers (quantizer buffers included)
@@ -9,8 +9,17 @@ Layout of ``<run>/checkpoints/``::
         state.json              step, optimizer structure (param groups, scalar state), recipe, extras
     latest                      name of the newest complete checkpoint
 
-A checkpoint directory is assembled under a temporary name and renamed into place, and ``latest`` is
-replaced with ``os.replace``, so an interruption at any moment leaves the previous checkpoint intact.
+A checkpoint directory is assembled under a temporary name (``.tmp-step_...``) and renamed into place,
+and ``latest`` is replaced with ``os.replace``, so an interruption at any moment leaves the previous
+checkpoints intact; the temporary directories a killed save leaves behind are removed by the next
+run in that directory (:func:`remove_leftovers`).
+
+Reading is two-phase: :func:`read_checkpoint` loads every file and checks it against the model and
+optimizer it is meant for (readable safetensors, the same keys, shapes and dtypes, finite values,
+a consistent ``state.json``) without changing anything, and raises :class:`CheckpointError` naming the
+file and what is wrong; :meth:`Checkpoint.apply` then restores it. :func:`find_checkpoint` walks the
+checkpoints newest first and returns the newest intact one with the reasons the newer ones were
+skipped.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +35,41 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .rundir import (
+    CORRUPT_PREFIX,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    RNG_FILE,
+    OLD_PREFIX,
+    STATE_FILE,
+    TMP_PREFIX,
+    RunDir,
+    checkpoint_name,
+    checkpoint_step,
+)
+
 __all__ = [
-    "CHECKPOINT_DIR",
+    "CheckpointError",
+    "Checkpoint",
     "save_checkpoint",
     "latest_checkpoint",
+    "read_checkpoint",
+    "find_checkpoint",
     "load_checkpoint",
     "load_model_weights",
+    "remove_leftovers",
+    "set_aside",
     "optimizer_state_to_flat",
     "optimizer_state_from_flat",
 ]
 
-CHECKPOINT_DIR = "checkpoints"
 FORMAT_VERSION = 1
+_SHOWN = 4  # how many offending tensor names a message lists
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or does not fit the model / optimizer; the message names
+    the file."""
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -44,6 +77,19 @@ def _fsync_write(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _save_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
@@ -89,14 +135,8 @@ def _rng_tensors(device: torch.device) -> dict[str, Tensor]:
     return out
 
 
-def _restore_rng(tensors: dict[str, Tensor], device: torch.device) -> None:
-    torch.set_rng_state(tensors["torch_cpu"])
-    if device.type == "cuda" and "torch_cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["torch_cuda"], device)
-
-
-def _step_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.glob("step_*") if p.is_dir() and (p / "state.json").is_file())
+def _model_device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def save_checkpoint(
@@ -106,7 +146,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     *,
     extra: dict[str, Any] | None = None,
-    keep: int = 2,
+    keep: int = 3,
 ) -> Path:
     """Write checkpoint ``step`` atomically and keep only the newest ``keep`` ones.
 
@@ -120,50 +160,255 @@ def save_checkpoint(
     Returns:
         the checkpoint directory.
     """
-    root = Path(run_dir) / CHECKPOINT_DIR
+    run = RunDir(run_dir)
+    root = run.checkpoints
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:08d}"
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    final = run.checkpoint(step)
+    tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    _save_tensors(tmp / "model.safetensors", model.state_dict())
+    _save_tensors(tmp / MODEL_FILE, model.state_dict())
     opt_tensors, opt_meta = optimizer_state_to_flat(optimizer)
-    _save_tensors(tmp / "optimizer.safetensors", opt_tensors)
-    _save_tensors(tmp / "rng.safetensors", _rng_tensors(device))
+    _save_tensors(tmp / OPTIMIZER_FILE, opt_tensors)
+    _save_tensors(tmp / RNG_FILE, _rng_tensors(_model_device(model)))
     state = {"format": FORMAT_VERSION, "step": int(step), "optimizer": opt_meta, **(extra or {})}
-    _fsync_write(tmp / "state.json", json.dumps(state, indent=1).encode())
+    _fsync_write(tmp / STATE_FILE, json.dumps(state, indent=1).encode())
+    _fsync_dir(tmp)
     if final.exists():  # re-saving a step (e.g. after a resume): swap the old one out first
-        old = root / f".old-{final.name}-{os.getpid()}"
+        old = root / f"{OLD_PREFIX}{final.name}-{os.getpid()}"
         os.rename(final, old)
         os.rename(tmp, final)
         shutil.rmtree(old)
     else:
         os.rename(tmp, final)
-    latest_tmp = root / f".latest-{os.getpid()}"
+    latest_tmp = root / f"{TMP_PREFIX}latest-{os.getpid()}"
     _fsync_write(latest_tmp, final.name.encode())
-    os.replace(latest_tmp, root / "latest")
-    for old_dir in _step_dirs(root)[:-keep]:
+    os.replace(latest_tmp, run.latest_pointer)
+    _fsync_dir(root)
+    for _, old_dir in run.step_dirs()[:-keep]:
         shutil.rmtree(old_dir, ignore_errors=True)
     return final
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run directory, or None."""
-    root = Path(run_dir) / CHECKPOINT_DIR
-    pointer = root / "latest"
-    if pointer.is_file():
-        candidate = root / pointer.read_text().strip()
-        if (candidate / "state.json").is_file():
-            return candidate
-    dirs = _step_dirs(root) if root.is_dir() else []
+    """The newest checkpoint directory with a ``state.json`` (not checked further), or None."""
+    dirs = [p for _, p in RunDir(run_dir).step_dirs() if (p / STATE_FILE).is_file()]
     return dirs[-1] if dirs else None
 
 
+def remove_leftovers(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary directories / files of interrupted checkpoint writes; returns what was removed."""
+    removed = RunDir(run_dir).leftovers()
+    for p in removed:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return removed
+
+
+def set_aside(checkpoint: Path) -> Path:
+    """Rename a corrupt checkpoint directory to ``.corrupt-step_...`` (kept for inspection, never loaded
+    or pruned); returns the new path."""
+    target = checkpoint.with_name(f"{CORRUPT_PREFIX}{checkpoint.name}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = checkpoint.with_name(f"{CORRUPT_PREFIX}{checkpoint.name}.{n}")
+    os.rename(checkpoint, target)
+    return target
+
+
+# ----------------------------------------------------------------------------------------------
+# reading and checking
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read and checked by :func:`read_checkpoint`, not yet applied."""
+
+    path: Path
+    step: int
+    state: dict[str, Any]
+    model_tensors: dict[str, Tensor]
+    optimizer_state: dict[str, Any] | None = None
+    rng: dict[str, Tensor] = field(default_factory=dict)
+
+    def apply(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+              restore_rng: bool = True) -> None:
+        """Load the checked states into ``model`` (and ``optimizer``, and the RNGs)."""
+        model.load_state_dict(self.model_tensors, strict=True)
+        if optimizer is not None and self.optimizer_state is not None:
+            optimizer.load_state_dict(self.optimizer_state)
+        if restore_rng and self.rng:
+            torch.set_rng_state(self.rng["torch_cpu"])
+            device = _model_device(model)
+            if device.type == "cuda" and "torch_cuda" in self.rng:
+                torch.cuda.set_rng_state(self.rng["torch_cuda"], device)
+
+
+def _load_tensors(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for truncated / garbled files
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable safetensors file, truncated or corrupt ({reason})") from None
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def _check_finite(path: Path, tensors: dict[str, Tensor]) -> None:
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{path}: non-finite values (NaN or inf) in {_names(bad)}")
+
+
+def _check_model_tensors(path: Path, tensors: dict[str, Tensor], model: nn.Module) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    if missing or unexpected:
+        parts = ([f"missing {_names(missing)}"] if missing else []) + (
+            [f"unexpected {_names(unexpected)}"] if unexpected else [])
+        raise CheckpointError(f"{path}: does not match the model ({'; '.join(parts)}); was it written for "
+                              "another model or quantizer configuration?")
+    shapes = [f"{k} {tuple(tensors[k].shape)} vs the model's {tuple(v.shape)}" for k, v in expected.items()
+              if tensors[k].shape != v.shape]
+    if shapes:
+        raise CheckpointError(f"{path}: shape mismatch: {_names(shapes)}; was it written for another model "
+                              "or quantizer configuration?")
+    dtypes = [f"{k} {tensors[k].dtype} vs {v.dtype}" for k, v in expected.items()
+              if tensors[k].dtype.is_floating_point != v.dtype.is_floating_point]
+    if dtypes:
+        raise CheckpointError(f"{path}: dtype mismatch: {_names(dtypes)}")
+    _check_finite(path, tensors)
+
+
+def _read_state(path: Path, directory_step: int | None) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(state).__name__}")
+    missing = [k for k in ("format", "step", "optimizer") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: missing key(s) {', '.join(missing)}")
+    if state["format"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {state['format']!r}, this vqkit reads {FORMAT_VERSION}")
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise CheckpointError(f"{path}: step {step!r} is not a positive int")
+    if directory_step is not None and step != directory_step:
+        raise CheckpointError(f"{path}: step {step} does not match its directory "
+                              f"{checkpoint_name(directory_step)} (the file was edited or corrupted)")
+    opt = state["optimizer"]
+    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)):
+        raise CheckpointError(f"{path}: 'optimizer' must hold 'state' (object) and 'param_groups' (list)")
+    return state
+
+
+def _check_optimizer(path: Path, state_path: Path, meta: dict[str, Any], tensors: dict[str, Tensor],
+                     optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer state dict, after checking it against ``optimizer``'s parameters."""
+    groups = optimizer.param_groups
+    saved = meta["param_groups"]
+    sizes = [len(g.get("params", [])) if isinstance(g, dict) else -1 for g in saved]
+    if sizes != [len(g["params"]) for g in groups]:
+        raise CheckpointError(f"{state_path}: optimizer parameter groups of sizes {sizes}, the model's optimizer "
+                              f"has {[len(g['params']) for g in groups]} (another model or optim configuration?)")
+    params = [p for g in groups for p in g["params"]]
+    ids = [i for g in saved for i in g["params"]]
+    if sorted(ids) != list(range(len(params))):
+        raise CheckpointError(f"{state_path}: optimizer parameter ids {ids[:8]}... are not 0..{len(params) - 1}")
+    position = {pid: n for n, pid in enumerate(ids)}
+    bad: list[str] = []
+    for pid_text, entry in meta["state"].items():
+        try:
+            param = params[position[int(pid_text)]]
+        except (ValueError, KeyError):
+            raise CheckpointError(f"{state_path}: optimizer state for unknown parameter {pid_text!r}") from None
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{state_path}: optimizer state of parameter {pid_text} is not an object")
+        for key, value in entry.items():
+            if isinstance(value, dict) and "__tensor__" in value:
+                name = value["__tensor__"]
+                if name not in tensors:
+                    raise CheckpointError(f"{path}: missing optimizer tensor {name!r} (listed in {state_path.name})")
+                t = tensors[name]
+                if t.ndim > 0 and t.shape != param.shape:
+                    bad.append(f"{name} {tuple(t.shape)} vs parameter {tuple(param.shape)}")
+    if bad:
+        raise CheckpointError(f"{path}: shape mismatch: {_names(bad)} (another model configuration?)")
+    _check_finite(path, tensors)
+    return optimizer_state_from_flat(tensors, meta)
+
+
+def read_checkpoint(
+    checkpoint: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    rng: bool = True,
+) -> Checkpoint:
+    """Read and check a checkpoint directory for ``model`` (and ``optimizer``) without changing either.
+
+    Raises:
+        CheckpointError: a file is missing, unreadable, truncated, has other keys / shapes than the model
+            or optimizer, holds NaN / inf, or ``state.json`` is inconsistent; the message names the file.
+    """
+    path = Path(checkpoint)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    state = _read_state(path / STATE_FILE, checkpoint_step(path.name))
+    model_tensors = _load_tensors(path / MODEL_FILE)
+    _check_model_tensors(path / MODEL_FILE, model_tensors, model)
+    opt_state = None
+    if optimizer is not None:
+        opt_tensors = _load_tensors(path / OPTIMIZER_FILE)
+        opt_state = _check_optimizer(path / OPTIMIZER_FILE, path / STATE_FILE, state["optimizer"], opt_tensors,
+                                     optimizer)
+    rng_tensors: dict[str, Tensor] = {}
+    if rng:
+        rng_tensors = _load_tensors(path / RNG_FILE)
+        cpu = rng_tensors.get("torch_cpu")
+        reference = torch.get_rng_state()
+        if cpu is None or cpu.dtype != reference.dtype or cpu.shape != reference.shape:
+            raise CheckpointError(f"{path / RNG_FILE}: no valid 'torch_cpu' RNG state")
+    return Checkpoint(path, int(state["step"]), state, model_tensors, opt_state, rng_tensors)
+
+
+def find_checkpoint(
+    run_dir: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> tuple[Checkpoint | None, list[tuple[Path, CheckpointError]]]:
+    """The newest intact checkpoint of a run directory (checked by :func:`read_checkpoint`) and the
+    ``(directory, error)`` of every newer one that is not; ``(None, errors)`` when none is intact."""
+    skipped: list[tuple[Path, CheckpointError]] = []
+    for _, path in reversed(RunDir(run_dir).step_dirs()):
+        try:
+            return read_checkpoint(path, model, optimizer), skipped
+        except CheckpointError as e:
+            skipped.append((path, e))
+    return None, skipped
+
+
 def load_model_weights(checkpoint: str | Path, model: nn.Module) -> None:
-    """Load parameters and buffers of ``checkpoint`` into ``model`` (strict: same architecture)."""
-    tensors = load_file(str(Path(checkpoint) / "model.safetensors"), device="cpu")
+    """Load parameters and buffers of ``checkpoint`` into ``model`` (checked first: same architecture,
+    finite values; raises :class:`CheckpointError` naming the file otherwise)."""
+    path = Path(checkpoint) / MODEL_FILE
+    tensors = _load_tensors(path)
+    _check_model_tensors(path, tensors, model)
     model.load_state_dict(tensors, strict=True)
 
 
@@ -174,19 +419,9 @@ def load_checkpoint(
     *,
     restore_rng: bool = True,
 ) -> dict[str, Any]:
-    """Restore model, optimizer and RNG states from a checkpoint directory; returns ``state.json``.
+    """Check, then restore model, optimizer and RNG states from a checkpoint directory; returns
+    ``state.json``. Only safetensors and JSON are read: nothing is unpickled."""
+    ckpt = read_checkpoint(checkpoint, model, optimizer, rng=restore_rng)
+    ckpt.apply(model, optimizer, restore_rng=restore_rng)
+    return ckpt.state
 
-    Only safetensors and JSON are read: nothing is unpickled.
-    """
-    checkpoint = Path(checkpoint)
-    state = json.loads((checkpoint / "state.json").read_text())
-    if state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{checkpoint}: checkpoint format {state.get('format')!r}, expected {FORMAT_VERSION}")
-    load_model_weights(checkpoint, model)
-    if optimizer is not None:
-        tensors = load_file(str(checkpoint / "optimizer.safetensors"), device="cpu")
-        optimizer.load_state_dict(optimizer_state_from_flat(tensors, state["optimizer"]))
-    if restore_rng:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        _restore_rng(load_file(str(checkpoint / "rng.safetensors"), device="cpu"), device)
-    return state

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .. import distributed as dist_utils
 from ..data import ImageDataset
+from ..quantizers.vector import GroupedVectorQuantizer, ResidualVectorQuantizer
 
 __all__ = ["CodeSpace", "code_space", "index_counts", "usage_and_perplexity", "evaluate", "EvalResult"]
 
@@ -34,8 +35,6 @@ class CodeSpace:
 
 def code_space(quantizer: nn.Module) -> CodeSpace | None:
     """How the indices of ``quantizer`` map to codes; None if unknown or too large to histogram."""
-    from ..quantizers.vector import GroupedVectorQuantizer, ResidualVectorQuantizer
-
     if isinstance(quantizer, GroupedVectorQuantizer):
         k = quantizer.quantizers[0].codebook_size
         return CodeSpace((k,) * quantizer.groups, True, quantizer.shared_codebook)

@@ -11,18 +11,66 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricLogger", "read_metrics", "METRICS_FILE"]
+from .rundir import RunDir
 
-METRICS_FILE = "metrics.jsonl"
+__all__ = ["MetricLogger", "MetricsFileError", "read_metrics", "scan_metrics", "tensorboard_writer_class"]
+
+
+class MetricsFileError(ValueError):
+    """A line of ``metrics.jsonl`` (other than a torn last line) is not a record; the message names the
+    file and the line."""
+
+
+def scan_metrics(path: str | Path) -> tuple[list[tuple[str, dict[str, Any]]], bool]:
+    """``([(line, record), ...], torn)`` of a metrics file; ``torn``: its last line is an incomplete
+    record (a write interrupted by a kill), which is left out.
+
+    Raises:
+        MetricsFileError: another line is not a JSON object with an int ``step`` and a ``split``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return [], False
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as e:
+        raise MetricsFileError(f"{path}: not a text file ({e})") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    out: list[tuple[str, dict[str, Any]]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            ok = (isinstance(record, dict) and isinstance(record.get("step"), int)
+                  and isinstance(record.get("split"), str))
+            problem = "not a record with an int 'step' and a 'split'"
+        except json.JSONDecodeError as e:
+            record, ok, problem = None, False, f"not valid JSON ({e})"
+        if not ok:
+            if number == len(lines):
+                return out, True
+            raise MetricsFileError(f"{path}: line {number}: {problem}; delete or repair that line")
+        out.append((line, record))
+    return out, False
 
 
 def read_metrics(run_dir: str | Path, split: str | None = None) -> list[dict[str, Any]]:
-    """The records of ``run_dir/metrics.jsonl`` (only ``split``'s when given)."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if split is None or r.get("split") == split]
+    """The records of ``run_dir/metrics.jsonl`` (only ``split``'s when given); a torn last line (an
+    interrupted write) is left out, any other bad line raises :class:`MetricsFileError`."""
+    records, _ = scan_metrics(RunDir(run_dir).metrics)
+    return [r for _, r in records if split is None or r.get("split") == split]
+
+
+def tensorboard_writer_class() -> type:
+    """``torch.utils.tensorboard.SummaryWriter``; ImportError with the install command when missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ImportError("log.tensorboard = true needs the tensorboard package: pip install tensorboard "
+                          "(or --set log.tensorboard=false)") from e
+    return SummaryWriter
 
 
 class MetricLogger:
@@ -40,27 +88,25 @@ class MetricLogger:
     def __init__(self, run_dir: str | Path, *, tensorboard: bool = False, enabled: bool = True,
                  resume_step: int | None = None) -> None:
         self.enabled = enabled
-        self.path = Path(run_dir) / METRICS_FILE
+        run = RunDir(run_dir)
+        self.path = run.metrics
         self._tb = None
         if not enabled:
             return
+        writer = tensorboard_writer_class() if tensorboard else None  # before anything is written
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
             self.path.write_text("")
         else:
             self._truncate_after(resume_step)
         self._file = open(self.path, "a")
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ImportError("log.tensorboard = true needs the tensorboard package: pip install tensorboard") from e
-            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
+        if writer is not None:
+            self._tb = writer(str(run.tensorboard), purge_step=resume_step)
 
     def _truncate_after(self, step: int) -> None:
-        kept = [line for line in (self.path.read_text().splitlines() if self.path.exists() else [])
-                if line.strip() and json.loads(line)["step"] <= step]
-        tmp = self.path.with_suffix(f".tmp-{os.getpid()}")
+        records, _ = scan_metrics(self.path)
+        kept = [line for line, record in records if record["step"] <= step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.path)
 

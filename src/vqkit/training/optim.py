@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from ..quantizers import latent_quantization_param_groups
 from .recipe import OptimConfig
 
 __all__ = ["param_groups", "build_optimizer", "lr_at"]
@@ -18,16 +19,16 @@ __all__ = ["param_groups", "build_optimizer", "lr_at"]
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: weights with 2+ dims outside ``model.quantizer`` get ``weight_decay``; biases, norm
-    parameters and every quantizer parameter (codebooks, affine, latent values) get none."""
+    parameters and every quantizer parameter (codebooks, affine, latent values) get none.
+
+    Built by the library's one weight-decay group builder
+    (:func:`vqkit.latent_quantization_param_groups`, which already exempts biases, norms and latent
+    values) with the extra exemptions of this toolkit: 1-d parameters and the quantizer's parameters.
+    """
     quantizer = getattr(model, "quantizer", None)
     in_quantizer = {id(p) for p in quantizer.parameters()} if quantizer is not None else set()
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim >= 2 and id(p) not in in_quantizer else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+    return latent_quantization_param_groups(
+        model, weight_decay, no_decay=lambda name, p: p.ndim < 2 or id(p) in in_quantizer)
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:

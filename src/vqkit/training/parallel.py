@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .. import distributed as dist_utils
+
 __all__ = ["DistContext", "setup", "teardown", "resolve_device"]
 
 
@@ -51,19 +53,17 @@ def setup(device: str) -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     owns = False
-    if dist.is_available() and dist.is_initialized():
-        world = dist.get_world_size()
-    elif world > 1:
+    if not (dist.is_available() and dist.is_initialized()) and world > 1:
         dev = resolve_device(device, local_rank)
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
         owns = True
-    rank = dist.get_rank() if world > 1 else 0
     dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    return DistContext(rank, world, local_rank, dev, owns)
+    # rank and world size as the quantizers see them (vqkit.distributed is the one place that asks)
+    return DistContext(dist_utils.rank(), dist_utils.world_size(), local_rank, dev, owns)
 
 
 def teardown(ctx: DistContext) -> None:

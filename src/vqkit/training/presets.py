@@ -1,4 +1,4 @@
-"""Built-in recipes, by name ``<dataset>-<model>`` (``vqkit recipes`` lists them, ``vqkit recipes NAME``
+"""Built-in recipes (plain data), by name ``<dataset>-<model>`` (``vqkit recipes`` lists them, ``vqkit recipes NAME``
 prints one as TOML to start a file from).
 
 Datasets: ``digits`` (bundled, 8x8), ``fashion-mnist`` / ``mnist`` (28x28), ``cifar10`` (32x32); models:
@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .recipe import Recipe
-
-__all__ = ["get_preset", "preset_names", "DATASET_IMAGE_SIZE"]
+__all__ = ["preset_names", "preset_data", "DATASET_IMAGE_SIZE"]
 
 DATASET_IMAGE_SIZE = {"digits": 8, "fashion-mnist": 28, "mnist": 28, "cifar10": 32}
 _MODELS = ("vqvae", "alexnet", "resnet18", "vit")
@@ -62,10 +60,11 @@ def preset_names() -> list[str]:
     return [f"{d}-{m}" for d in DATASET_IMAGE_SIZE for m in _MODELS]
 
 
-def get_preset(name: str) -> Recipe:
-    """The built-in recipe ``name`` (a fresh, validated :class:`Recipe`)."""
+def preset_data(name: str) -> dict[str, Any] | None:
+    """The built-in recipe ``name`` as nested dicts (for :meth:`Recipe.from_dict
+    <vqkit.training.recipe.Recipe.from_dict>`), None for an unknown name."""
     for dataset in DATASET_IMAGE_SIZE:
         for model in _MODELS:
             if name == f"{dataset}-{model}":
-                return Recipe.from_dict(_preset(dataset, model))
-    raise ValueError(f"recipe: unknown built-in recipe {name!r}; built-in recipes: {', '.join(preset_names())}")
+                return _preset(dataset, model)
+    return None

@@ -53,6 +53,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ..models.factory import MODEL_KINDS, model_arguments, quantizer_arguments, quantizer_kinds
+from .presets import preset_data, preset_names
 
 __all__ = [
     "DataConfig",
@@ -63,9 +64,13 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "load_recipe",
+    "read_recipe_file",
+    "get_preset",
     "parse_overrides",
+    "parse_arg_value",
     "apply_overrides",
     "to_toml",
+    "recipe_differences",
 ]
 
 NONE_STRING = "none"  # how None is written in TOML (which has no null) for model/quantizer arguments
@@ -129,14 +134,18 @@ class OptimConfig:
 @dataclass
 class LogConfig:
     """``every``: steps between train-metric records (1 = every step); ``eval_every``: steps between
-    held-out evaluations (0 = only at the end); ``checkpoint_every``: steps between checkpoints (0 = only
-    at the end); ``keep_checkpoints``: how many to keep; ``tensorboard``: also write TensorBoard events;
-    ``progress``: tqdm progress bar; ``report``: write ``report.md`` + plots at the end."""
+    held-out evaluations (0 = only at the end); ``checkpoint_every``: steps between checkpoints (0 = no
+    step-based ones); ``checkpoint_minutes``: also checkpoint when this much wall time passed since the
+    last one (0 = off); a checkpoint is always written at the last step and on Ctrl-C / SIGTERM;
+    ``keep_checkpoints``: how many to keep; ``tensorboard``: also write TensorBoard events;
+    ``progress``: progress bar and status lines; ``report``: ``vqkit train`` writes ``report.md`` + plots
+    at the end."""
 
     every: int = 1
     eval_every: int = 100
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 2
+    checkpoint_every: int = 100
+    checkpoint_minutes: float = 10.0
+    keep_checkpoints: int = 3
     tensorboard: bool = False
     progress: bool = True
     report: bool = True
@@ -212,6 +221,8 @@ class Recipe:
         _check_int("log.every", self.log.every, 1)
         for name in ("eval_every", "checkpoint_every"):
             _check_int(f"log.{name}", getattr(self.log, name), 0)
+        if not (self.log.checkpoint_minutes >= 0 and math.isfinite(self.log.checkpoint_minutes)):
+            raise RecipeError(f"log.checkpoint_minutes: expected a float >= 0, got {self.log.checkpoint_minutes}")
         _check_int("log.keep_checkpoints", self.log.keep_checkpoints, 1)
         for section, cfg, lister, fixed in (("model", self.model, model_arguments, ["kind"]),
                                             ("quantizer", self.quantizer, quantizer_arguments, ["kind", "loss_weight"])):
@@ -325,6 +336,12 @@ def _arg_value(value: Any) -> Any:
     return value
 
 
+def parse_arg_value(text: str) -> Any:
+    """A model / quantizer argument (or an ablation ``--fix``) from command-line text: a TOML value,
+    bare words stay strings, ``none`` is None."""
+    return _arg_value(_parse_literal(text))
+
+
 def _kinded_from_dict(cls: type, name: str, data: Any) -> Any:
     """ModelConfig / QuantizerConfig from a table: ``kind`` (+ ``loss_weight``) + free arguments."""
     if not isinstance(data, dict):
@@ -392,7 +409,7 @@ def apply_overrides(recipe: Recipe, overrides: list[str] | list[tuple[str, str]]
                 elif attr == "loss_weight" and isinstance(cfg, QuantizerConfig):
                     cfg.loss_weight = _coerce(key, text, float)
                 else:
-                    cfg.args[attr] = _arg_value(_parse_literal(text))
+                    cfg.args[attr] = parse_arg_value(text)
             else:
                 _set_simple(cfg, key, attr, text, recipe)
         else:
@@ -405,29 +422,77 @@ def apply_overrides(recipe: Recipe, overrides: list[str] | list[tuple[str, str]]
 # ----------------------------------------------------------------------------------------------
 
 
+def get_preset(name: str) -> Recipe:
+    """The built-in recipe ``name`` (a fresh, validated :class:`Recipe`; see :mod:`vqkit.training.presets`)."""
+    data = preset_data(name)
+    if data is None:
+        raise RecipeError(f"recipe: unknown built-in recipe {name!r}; built-in recipes: {', '.join(preset_names())}")
+    return Recipe.from_dict(data)
+
+
+_TOP_LEVEL = tuple(f.name for f in dataclasses.fields(Recipe))
+
+
+def read_recipe_file(path: str | Path, *, complete: bool = False) -> Recipe:
+    """A recipe from a TOML file; errors name the file.
+
+    Args:
+        complete: require every top-level key and section (as ``vqkit train`` writes ``recipe.toml``),
+            so an emptied or truncated file is an error instead of silently meaning the defaults.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such recipe file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"{path}: cannot read the recipe ({e})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"{path}: not valid TOML: {e}") from None
+    if complete:
+        if not data:
+            raise RecipeError(f"{path}: empty recipe file")
+        missing = [k for k in _TOP_LEVEL if k not in data]
+        if missing:
+            raise RecipeError(f"{path}: incomplete recipe (missing {', '.join(missing)})")
+    try:
+        return Recipe.from_dict(data)
+    except RecipeError as e:
+        raise RecipeError(f"{path}: {e}") from None
+
+
 def load_recipe(source: str | Path | None = None) -> Recipe:
     """A recipe from a TOML file path or a built-in name (see :mod:`vqkit.training.presets`);
     ``None`` = the default (VQ-VAE on the bundled digits)."""
-    from .presets import get_preset, preset_names
-
     if source is None:
         return Recipe().validate()
     path = Path(source)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
             raise FileNotFoundError(f"--recipe: no such recipe file {str(path)!r}")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise RecipeError(f"{path}: not valid TOML: {e}") from None
-        try:
-            return Recipe.from_dict(data)
-        except RecipeError as e:
-            raise RecipeError(f"{path}: {e}") from None
+        return read_recipe_file(path)
     if str(source) in preset_names():
         return get_preset(str(source))
     raise RecipeError(f"--recipe: {str(source)!r} is neither a .toml file nor a built-in recipe; "
                       f"built-in recipes: {', '.join(preset_names())}")
+
+
+def recipe_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` for every key that differs between two
+    :meth:`Recipe.to_dict` dicts (a key missing on one side has the value None there)."""
+    out: list[tuple[str, Any, Any]] = []
+
+    def walk(prefix: str, a: Any, b: Any) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in list(a) + [k for k in b if k not in a]:
+                walk(f"{prefix}{k}" if not prefix else f"{prefix}.{k}", a.get(k), b.get(k))
+        elif a != b:
+            out.append((prefix, a, b))
+
+    walk("", old, new)
+    return out
 
 
 def _toml_value(value: Any) -> str:

@@ -1,0 +1,156 @@
+"""What ``--resume`` continues: the run's recipe and its newest intact checkpoint, checked before
+anything in the run directory is written.
+
+- The recipe comes from ``recipe.toml``, which must be complete (``vqkit train`` writes every key); when
+  it is missing, empty or broken, the recipe stored with the newest readable checkpoint is used instead,
+  and the user is told so.
+- The checkpoint is the newest one that :func:`~vqkit.training.checkpoint.read_checkpoint` accepts
+  for the recipe's model and optimizer; newer corrupt ones are reported and set aside
+  (``checkpoints/.corrupt-step_...``); with no intact checkpoint at all the resume is refused (a run
+  without any checkpoint restarts from step 0).
+- ``steps`` below the checkpoint's step is refused; ``metrics.jsonl`` must be readable (a torn last line
+  is dropped, with a note).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import Checkpoint, CheckpointError, find_checkpoint
+from .console import note
+from .logging import MetricsFileError, scan_metrics
+from .recipe import Recipe, RecipeError, read_recipe_file, recipe_differences
+from .rundir import STATE_FILE, RunDir
+
+__all__ = ["resume_recipe", "ResumePlan", "plan_resume"]
+
+
+def _checkpoint_recipe(run: RunDir) -> tuple[Recipe, Path] | None:
+    """The recipe stored in the newest checkpoint whose ``state.json`` holds a valid one."""
+    for _, path in reversed(run.step_dirs()):
+        try:
+            state = json.loads((path / STATE_FILE).read_text())
+            return Recipe.from_dict(state["recipe"]), path
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def resume_recipe(out: str | Path, notes: list[str] | None = None) -> Recipe:
+    """The recipe ``--resume`` continues in run directory ``out``; a note about a fallback to a
+    checkpoint's copy is appended to ``notes`` (printed when None).
+
+    Raises:
+        FileNotFoundError: ``out`` is not a run directory.
+        RecipeError: ``recipe.toml`` is unusable and no checkpoint holds a recipe; the message says how
+            to restore it.
+    """
+    run = RunDir(out)
+    if not run.root.is_dir():
+        raise FileNotFoundError(f"--resume: {run.root} does not exist; start a run there without --resume")
+    try:
+        return read_recipe_file(run.recipe, complete=True)
+    except (FileNotFoundError, RecipeError) as e:
+        problem = str(e)
+    fallback = _checkpoint_recipe(run)
+    if fallback is None:
+        if not run.recipe.exists() and not run.holds_run():
+            raise FileNotFoundError(f"--resume: {run.root} is not a run directory (no {run.recipe.name}, "
+                                    "no checkpoints)")
+        raise RecipeError(f"--resume: {problem}; no checkpoint holds a copy of the recipe either: restore the "
+                          f"file (e.g. `vqkit recipes NAME > {run.recipe}` plus the changes you ran with) or "
+                          "start over with another --out")
+    recipe, path = fallback
+    message = (f"warning: {problem}; using the recipe stored with checkpoint {path.name} instead "
+               f"({run.recipe.name} will be rewritten)")
+    if notes is None:
+        note(message)
+    else:
+        notes.append(message)
+    return recipe
+
+
+@dataclass
+class ResumePlan:
+    """What a checked resume does: the checkpoint to continue from (None: restart at step 0), the
+    corrupt newer checkpoints to set aside, whether ``metrics.jsonl`` has a torn last line, and the notes
+    to show once writing starts."""
+
+    checkpoint: Checkpoint | None
+    corrupt: list[tuple[Path, CheckpointError]] = field(default_factory=list)
+    torn_metrics: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def step(self) -> int:
+        return 0 if self.checkpoint is None else self.checkpoint.step
+
+
+def _shown(value: Any) -> str:
+    return "(unset)" if value is None else repr(value)
+
+
+def plan_resume(run: RunDir, recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimizer) -> ResumePlan:
+    """Check everything ``--resume`` will read (nothing is written).
+
+    Raises:
+        CheckpointError: checkpoints exist but none is intact.
+        RecipeError: ``recipe.steps`` is below the step the run already reached.
+        MetricsFileError: ``metrics.jsonl`` has a bad line before its last one.
+    """
+    ckpt, corrupt = find_checkpoint(run.root, model, optimizer)
+    if ckpt is None and corrupt:
+        reasons = "; ".join(str(e) for _, e in corrupt)
+        raise CheckpointError(f"--resume: no intact checkpoint in {run.checkpoints}: {reasons}. Delete "
+                              f"{run.checkpoints} to restart the run from step 0, or start over with another --out")
+    plan = ResumePlan(ckpt, corrupt)
+    for path, error in corrupt:
+        plan.notes.append(f"warning: {error}; resuming from the older intact checkpoint "
+                          f"{ckpt.path.name} instead ({path.name} is set aside as .corrupt-{path.name})")
+    if ckpt is None:
+        plan.notes.append(f"no checkpoint in {run.root} yet: restarting the run from step 0")
+    else:
+        if ckpt.step > recipe.steps:
+            raise RecipeError(f"steps: {recipe.steps} is below the {ckpt.step} steps this run already trained "
+                              f"({ckpt.path}); to continue it give --set steps=N with N >= {ckpt.step}, to train "
+                              "a shorter run use another --out")
+        saved = ckpt.state.get("recipe")
+        if isinstance(saved, dict):
+            try:
+                saved = Recipe.from_dict(saved).to_dict()
+            except (RecipeError, TypeError):
+                pass
+            changed = recipe_differences(saved, recipe.to_dict())
+            if changed:
+                shown = ", ".join(f"{k} {_shown(a)} -> {_shown(b)}" for k, a, b in changed)
+                plan.notes.append(f"continuing with a recipe that differs from the one checkpoint {ckpt.path.name} "
+                                  f"was trained with: {shown}")
+                old_steps = saved.get("steps") if isinstance(saved, dict) else None
+                if (recipe.optim.schedule == "cosine" and isinstance(old_steps, int) and old_steps != recipe.steps
+                        and ckpt.step < recipe.steps):
+                    plan.notes.append(f"warning: with the cosine schedule the learning rate from step {ckpt.step} "
+                                      f"on follows the new length ({recipe.steps} steps), so the run is not the "
+                                      f"same as one trained for {recipe.steps} steps from the start")
+        threads = ckpt.state.get("threads")
+        if isinstance(threads, int) and threads != torch.get_num_threads():
+            plan.notes.append(f"warning: {ckpt.path.name} was trained with {threads} intra-op thread(s), this "
+                              f"session uses {torch.get_num_threads()}: float sums may round differently, so the "
+                              f"result can differ in the last bits from an uninterrupted run (pass --threads "
+                              f"{threads} to match it)")
+        plan.notes.append(f"resuming from {ckpt.path.name} (step {ckpt.step} of {recipe.steps})")
+    try:
+        records, plan.torn_metrics = scan_metrics(run.metrics)
+    except MetricsFileError as e:
+        raise MetricsFileError(f"--resume: {e}, or start over with another --out") from None
+    if plan.torn_metrics:
+        plan.notes.append(f"warning: {run.metrics}: dropped a torn last line (a write interrupted by a kill)")
+    if ckpt is not None and not records:
+        plan.notes.append(f"warning: {run.metrics} is missing or empty: the log of the first {ckpt.step} steps "
+                          "is lost (training itself continues from the checkpoint)")
+    return plan
