@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import signal
@@ -32,7 +33,8 @@ from vqkit.training import (
     write_report,
 )
 from vqkit.training.checkpoint import optimizer_state_from_flat, optimizer_state_to_flat
-from vqkit.training.evaluate import CodeSpace, code_space, index_counts, usage_and_perplexity
+from vqkit.quantizers.base import IndexLayout
+from vqkit.training.evaluate import CodeCounter
 from vqkit.training.sampling import BatchStream
 
 pytest.importorskip("sklearn")  # the bundled digits
@@ -138,18 +140,23 @@ def test_batch_stream_is_stateless_and_sharded():
 
 
 def test_usage_counts_per_codebook_column():
-    space = CodeSpace((4, 4), trailing=True)
     idx = torch.tensor([[0, 1], [0, 2], [3, 2]])
-    counts = index_counts(idx, space)
-    assert counts.tolist() == [[2, 0, 0, 1], [0, 1, 2, 0]]
-    used, ppl = usage_and_perplexity(counts, space)
+    counter = CodeCounter(IndexLayout((2,), (4, 4)))
+    counter.add(idx)
+    assert counter.counts.tolist() == [[2, 0, 0, 1], [0, 1, 2, 0]]
+    used, ppl = counter.result()
     assert used == 4 / 8 and ppl > 1
-    shared = CodeSpace((4, 4), trailing=True, shared=True)
-    assert usage_and_perplexity(index_counts(idx, shared), shared)[0] == 4 / 4
-    from vqkit import GroupedVectorQuantizer, VectorQuantizer
-
-    assert code_space(VectorQuantizer(4, 8)) == CodeSpace((8,), False)
-    assert code_space(GroupedVectorQuantizer(4, 8, 2)) == CodeSpace((8, 8), True, False)
+    shared = CodeCounter(IndexLayout((2,), (4, 4), shared=True))
+    shared.add(idx)
+    assert shared.result()[0] == 4 / 4
+    # per-level sizes (residual), dropped levels (-1) not counted, huge implicit codebooks counted by sorting
+    levels = CodeCounter(IndexLayout((2,), (2, 8)))
+    levels.add(torch.tensor([[1, 7], [0, -1]]))
+    assert levels.result()[0] == 3 / 10
+    huge = CodeCounter(IndexLayout((), (2**40,)))
+    huge.add(torch.tensor([5, 5, 2**39]))
+    used, ppl = huge.result()
+    assert used == 2 / 2**40 and huge.counts is None and ppl == pytest.approx(2 ** (-(2 / 3) * math.log2(2 / 3) - (1 / 3) * math.log2(1 / 3)))
 
 
 def test_optimizer_state_round_trips_without_pickle():
@@ -292,7 +299,7 @@ def test_classifier_run_and_report(tmp_path):
 
 def test_ablation_writes_one_table_and_curves(tmp_path):
     base = tiny(6, "log.eval_every=3", "log.checkpoint_every=0")
-    path = run_ablation(base, tmp_path / "ab", seeds=[0, 1], rungs=["plain", "replace", "fsq"], progress=False)
+    path = run_ablation(base, tmp_path / "ab", seeds=[0, 1], rungs=["plain", "replacement", "fsq"], progress=False)
     text = path.read_text()
     assert "| plain STE |" in text and "| + dead-code replacement |" in text and "| FSQ |" in text
     assert text.count(" ± ") >= 12

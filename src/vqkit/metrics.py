@@ -72,7 +72,8 @@ def distinct_counts(indices: Tensor, mask: Tensor | None = None) -> Tensor:
 
 def index_stats(indices: Tensor, sizes: tuple[int, ...], shared: bool = False,
                 mask: Tensor | None = None) -> dict[str, Tensor]:
-    """``usage`` and ``perplexity`` of a batch of indices, averaged over index columns.
+    """``usage`` (the fraction of all codes used) and ``perplexity`` (the mean per-column perplexity) of a
+    batch of indices.
 
     Args:
         indices: int64 ``(..., C)`` with ``C = len(sizes)`` trailing columns (or ``(...)`` for one column).
@@ -85,17 +86,13 @@ def index_stats(indices: Tensor, sizes: tuple[int, ...], shared: bool = False,
     m = None if mask is None else mask.reshape(-1, 1).expand_as(cols)
     if shared:
         cols, m, sizes = cols.reshape(-1, 1), None if m is None else m.reshape(-1, 1), sizes[:1]
-    us, ps = [], []
+    used, ps = [], []
     for c, k in enumerate(sizes):
         mc = None if m is None else m[:, c]
-        if k <= MAX_HISTOGRAM_CODES:
-            counts = code_counts(cols[:, c], k, mc)
-            us.append(usage(counts))
-        else:
-            counts = distinct_counts(cols[:, c], mc)
-            us.append((counts > 0).sum().float() / k)
+        counts = code_counts(cols[:, c], k, mc) if k <= MAX_HISTOGRAM_CODES else distinct_counts(cols[:, c], mc)
+        used.append((counts > 0).sum().float())
         ps.append(perplexity(counts))
-    return {"usage": torch.stack(us).mean(), "perplexity": torch.stack(ps).mean()}
+    return {"usage": torch.stack(used).sum() / float(sum(sizes)), "perplexity": torch.stack(ps).mean()}
 
 
 def misalignment(z: Tensor, codebook: Tensor, quantized: Tensor | None = None) -> dict[str, Tensor]:

@@ -675,11 +675,3 @@ register_preset("simvq", VectorQuantizer, dict(codebook="linear"), example=dict(
 
 GroupedVectorQuantizer.forwards_kwargs_to = VectorQuantizer
 
-
-def __getattr__(name: str):
-    """``ResidualVectorQuantizer`` moved to :mod:`vqkit.quantizers.residual`; the old import path still works."""
-    if name == "ResidualVectorQuantizer":
-        from .residual import ResidualVectorQuantizer
-
-        return ResidualVectorQuantizer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,13 +1,14 @@
 """``vqkit ablate``: the ladder of Huh et al. 2023 and its comparisons, same data, model, seeds and budget.
 
-Rungs (cumulative from ``plain`` to ``replace``; the comparisons start from plain STE + k-means init):
+Rungs (cumulative from ``plain`` to ``replacement``, the switches of
+:data:`vqkit.quantizers.vector.TECHNIQUES`; the comparisons start from plain STE + k-means init):
 
 - ``plain``: plain straight-through VQ (``PLAIN_STE``: every fix off, random init)
 - ``kmeans``: + k-means++ init of the codebook
 - ``sync``: + synchronized commitment update (``sync_nu=1``)
 - ``affine``: + learned affine re-parameterization of the codebook
 - ``alternating``: + one alternating codebook step per training step
-- ``replace``: + dead-code replacement (``dead_code_steps=20``)
+- ``replacement``: + dead-code replacement (``dead_code_steps=20``): the paper's full method, ``PAPER``
 - ``defaults``: ``VectorQuantizer`` with its default arguments, what users get (the library defaults
   may differ from the ladder's explicit settings, e.g. in the replacement period)
 - ``ema``: comparison: k-means init + EMA codebook (decay 0.99) + dead-code replacement
@@ -42,7 +43,8 @@ import torch
 
 from .. import __version__
 from ..models.peer import PEER_BEST_PRACTICE
-from ..quantizers.vector import PLAIN_STE, VectorQuantizer
+from ..quantizers.scalar import fsq_levels
+from ..quantizers.vector import PLAIN_STE, TECHNIQUES, VectorQuantizer
 from .build import build_from_recipe, load_datasets
 from .console import note, warn
 from .logging import read_metrics
@@ -51,15 +53,7 @@ from .recipe import QuantizerConfig, Recipe, RecipeError, to_toml
 from .rundir import ABLATION_JSON_FILE, ABLATION_TABLE_FILE, RunDir, ablation_run_dir, curves_file
 from .trainer import TrainingInterrupted, train
 
-__all__ = ["Rung", "LADDER", "RUNG_NAMES", "run_ablation", "fsq_levels_near", "effective_arguments"]
-
-
-def fsq_levels_near(codebook_size: int) -> list[int]:
-    """FSQ levels (each >= 5 where possible, Mentzer et al. 2023) whose product is close to K."""
-    table = {256: [8, 6, 5], 512: [8, 8, 8], 1024: [8, 5, 5, 5], 2048: [8, 8, 6, 5], 4096: [7, 5, 5, 5, 5],
-             16384: [8, 8, 8, 6, 5], 65536: [8, 8, 8, 5, 5, 5]}
-    best = min(table, key=lambda k: abs(math.log(k / codebook_size)))
-    return table[best]
+__all__ = ["Rung", "LADDER", "RUNG_NAMES", "run_ablation", "effective_arguments"]
 
 
 @dataclass(frozen=True)
@@ -103,29 +97,29 @@ def _defaults(base: QuantizerConfig, fixes: dict[str, Any]) -> QuantizerConfig:
 
 
 def _fsq(base: QuantizerConfig, fixes: dict[str, Any]) -> QuantizerConfig:
-    return QuantizerConfig("fsq", base.loss_weight, {"levels": fsq_levels_near(_codebook_size(base))})
+    return QuantizerConfig("fsq", base.loss_weight, {"levels": fsq_levels(_codebook_size(base), nearest=True)})
 
 
 def _peer(base: QuantizerConfig, fixes: dict[str, Any]) -> QuantizerConfig:
     return QuantizerConfig("vqpytorch", base.loss_weight, {"codebook_size": _codebook_size(base), **PEER_BEST_PRACTICE})
 
 
-_KM = dict(kmeans_init=True)
-_SYNC = dict(_KM, sync_nu=1.0)
-_AFF = dict(_SYNC, codebook="affine")
-_ALT = dict(_AFF, alternating_steps=1)
-_REPLACE = dict(_ALT, dead_code_steps=20)
+def _cumulative(last: str) -> dict[str, Any]:
+    """The switches of :data:`~vqkit.quantizers.vector.TECHNIQUES` up to and including ``last``."""
+    names = list(TECHNIQUES)
+    return {k: v for t in names[: names.index(last) + 1] for k, v in TECHNIQUES[t].items()}
+
+
+_TECHNIQUE_LABELS = {"kmeans": "k-means init", "sync": "sync commitment", "affine": "affine",
+                     "alternating": "alternating", "replacement": "dead-code replacement"}
 
 LADDER: tuple[Rung, ...] = (
     Rung("plain", "plain STE", _vq()),
-    Rung("kmeans", "+ k-means init", _vq(**_KM)),
-    Rung("sync", "+ sync commitment", _vq(**_SYNC)),
-    Rung("affine", "+ affine", _vq(**_AFF)),
-    Rung("alternating", "+ alternating", _vq(**_ALT)),
-    Rung("replace", "+ dead-code replacement", _vq(**_REPLACE)),
+    *(Rung(t, f"+ {_TECHNIQUE_LABELS[t]}", _vq(**_cumulative(t))) for t in TECHNIQUES),
     Rung("defaults", "vqkit defaults", _defaults),
-    Rung("ema", "EMA codebook + replacement (k-means init)", _vq(**_KM, codebook={"kind": "ema", "decay": 0.99}, dead_code_steps=20)),
-    Rung("rotation", "rotation trick (k-means init)", _vq(**_KM, estimator="rotation")),
+    Rung("ema", "EMA codebook + replacement (k-means init)",
+         _vq(**TECHNIQUES["kmeans"], **TECHNIQUES["replacement"], codebook={"kind": "ema", "decay": 0.99})),
+    Rung("rotation", "rotation trick (k-means init)", _vq(**TECHNIQUES["kmeans"], estimator="rotation")),
     Rung("fsq", "FSQ", _fsq),
     Rung("peer", "vector-quantize-pytorch (EMA, k-means, dead code 2; its default rotation trick)", _peer),
 )

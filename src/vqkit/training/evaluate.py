@@ -1,8 +1,8 @@
 """Held-out evaluation: task metric (reconstruction MSE or accuracy) and codebook usage / perplexity
 over a whole split (not per batch), sharded over ranks and summed with all-reduce.
 
-Code usage needs to know how a quantizer's indices map to codebooks: :func:`code_space` gives, per
-index column (the trailing axis of grouped / residual / multi-codebook indices), the number of codes.
+Code usage follows the quantizer's :attr:`~vqkit.quantizers.base.Quantizer.index_layout` (codes per
+index column, shared or not); :class:`CodeCounter` accumulates it batch by batch.
 """
 
 from __future__ import annotations
@@ -16,66 +16,58 @@ from torch import Tensor, nn
 
 from .. import distributed as dist_utils
 from ..data import ImageDataset
-from ..quantizers.vector import GroupedVectorQuantizer, ResidualVectorQuantizer
+from ..metrics import MAX_HISTOGRAM_CODES, distinct_counts, perplexity
+from ..quantizers.base import IndexLayout
 
-__all__ = ["CodeSpace", "code_space", "index_counts", "usage_and_perplexity", "evaluate", "EvalResult"]
-
-MAX_EVAL_CODES = 2**20  # larger implicit codebooks (FSQ, latent) are not histogrammed
-
-
-@dataclass(frozen=True)
-class CodeSpace:
-    """``sizes``: codes available to each index column; ``trailing``: indices carry a trailing column
-    axis; ``shared``: all columns index one codebook (usage is then pooled over columns)."""
-
-    sizes: tuple[int, ...]
-    trailing: bool
-    shared: bool = False
+__all__ = ["CodeCounter", "evaluate", "EvalResult"]
 
 
-def code_space(quantizer: nn.Module) -> CodeSpace | None:
-    """How the indices of ``quantizer`` map to codes; None if unknown or too large to histogram."""
-    if isinstance(quantizer, GroupedVectorQuantizer):
-        k = quantizer.quantizers[0].codebook_size
-        return CodeSpace((k,) * quantizer.groups, True, quantizer.shared_codebook)
-    if isinstance(quantizer, ResidualVectorQuantizer):
-        k = quantizer.levels[0].codebook_size
-        return CodeSpace((k,) * quantizer.num_levels, True, quantizer.shared_codebook)
-    name = type(quantizer).__name__
-    if name == "FSQ":
-        if quantizer.codebook_size > MAX_EVAL_CODES:
-            return None
-        g = quantizer.num_codebooks
-        return CodeSpace((quantizer.codebook_size,) * g, g > 1)
-    if name == "LatentQuantizer":
-        if quantizer.index_mode == "per_dim":
-            return CodeSpace(tuple(quantizer.radices), True)
-        return None if quantizer.codebook_size > MAX_EVAL_CODES else CodeSpace((quantizer.codebook_size,), False)
-    k = getattr(quantizer, "codebook_size", None)
-    if isinstance(k, int) and 0 < k <= MAX_EVAL_CODES:
-        return CodeSpace((k,), False)
-    return None
+class CodeCounter:
+    """Held-out code counts of a quantizer with index layout ``layout``.
 
+    Columns of up to ``MAX_HISTOGRAM_CODES`` codes are histogrammed (``counts``: ``(columns, max K)``
+    float64, one row when the columns share a codebook); larger implicit codebooks keep the indices and
+    count distinct values at the end. Negative indices (dropped residual levels) are not counted.
+    """
 
-def index_counts(indices: Tensor, space: CodeSpace) -> Tensor:
-    """Histogram ``(columns, max size)`` float64 of ``indices`` (one row when ``shared``)."""
-    cols = indices.reshape(-1, len(space.sizes)) if space.trailing else indices.reshape(-1, 1)
-    width = max(space.sizes)
-    if space.shared:
-        return torch.bincount(cols.reshape(-1), minlength=width).double()[None]
-    offsets = torch.arange(cols.shape[1], device=cols.device) * width
-    flat = (cols + offsets).reshape(-1)
-    return torch.bincount(flat, minlength=width * cols.shape[1]).double().view(cols.shape[1], width)
+    def __init__(self, layout: IndexLayout, device: torch.device | str = "cpu") -> None:
+        self.layout = layout
+        self.sizes = layout.sizes[:1] if layout.shared else layout.sizes
+        self.dense = max(self.sizes) <= MAX_HISTOGRAM_CODES
+        width = max(self.sizes)
+        self.counts = torch.zeros(len(self.sizes), width, dtype=torch.float64, device=device) if self.dense else None
+        self._kept: list[Tensor] = []
 
+    def add(self, indices: Tensor) -> None:
+        """Count a batch of ``indices`` (``(..., *layout.trailing)``)."""
+        cols = indices.reshape(-1, self.layout.columns)
+        if self.layout.shared:
+            cols = cols.reshape(-1, 1)
+        if not self.dense:
+            self._kept.append(cols)
+            return
+        width = self.counts.shape[1]
+        offsets = torch.arange(cols.shape[1], device=cols.device) * width
+        flat = (cols + offsets)[cols >= 0]
+        self.counts += torch.bincount(flat, minlength=width * cols.shape[1]).double().view(cols.shape[1], width)
 
-def usage_and_perplexity(counts: Tensor, space: CodeSpace) -> tuple[float, float]:
-    """Fraction of codes used at least once (over all columns) and mean per-column perplexity."""
-    sizes = (space.sizes[0],) if space.shared else space.sizes
-    used = sum(int((row[:k] > 0).sum()) for row, k in zip(counts, sizes))
-    total = counts.sum(1, keepdim=True).clamp_min(1e-12)
-    p = counts / total
-    ppl = torch.exp(-(p * p.clamp_min(1e-300).log()).sum(1))
-    return used / sum(sizes), float(ppl.mean())
+    def result(self, sharded: bool = False) -> tuple[float, float]:
+        """``(usage, perplexity)``: the fraction of all codes used at least once, and the mean per-column
+        perplexity; summed over ranks when ``sharded`` (every rank must call)."""
+        if self.dense:
+            if sharded:
+                dist_utils.all_reduce_sum_(self.counts)
+            used = sum(int((row[:k] > 0).sum()) for row, k in zip(self.counts, self.sizes))
+            return used / sum(self.sizes), float(perplexity(self.counts).mean())
+        cols = torch.cat(self._kept) if self._kept else torch.zeros(0, len(self.sizes), dtype=torch.int64)
+        if sharded:
+            cols = dist_utils.all_gather_rows(cols.contiguous())
+        used, ppl = 0, []
+        for c in range(cols.shape[1]):
+            counts = distinct_counts(cols[:, c], cols[:, c] >= 0)
+            used += int((counts > 0).sum())
+            ppl.append(float(perplexity(counts)))
+        return used / sum(self.sizes), sum(ppl) / max(len(ppl), 1)
 
 
 @dataclass
@@ -118,8 +110,7 @@ def evaluate(
     sharded = distributed and dist_utils.is_distributed()
     rank, world = (dist_utils.rank(), dist_utils.world_size()) if sharded else (0, 1)
     lo, hi = n * rank // world, n * (rank + 1) // world
-    space = code_space(model.quantizer)
-    counts = None
+    counter = CodeCounter(model.quantizer.index_layout, device) if hasattr(model.quantizer, "index_layout") else None
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # task sum, quantizer loss sum, items, examples
     was_training = model.training
     model.eval()
@@ -139,22 +130,17 @@ def evaluate(
                 sums[2] += y.numel()
             sums[1] += out.quant.loss.double() * x.shape[0]
             sums[3] += x.shape[0]
-            if space is not None:
-                c = index_counts(out.quant.indices, space)
-                counts = c if counts is None else counts + c
+            if counter is not None:
+                counter.add(out.quant.indices)
     finally:
         model.train(was_training)
-    if space is not None:
-        if counts is None:
-            width = max(space.sizes)
-            counts = torch.zeros(1 if space.shared else len(space.sizes), width, dtype=torch.float64, device=device)
-        if sharded:
-            dist_utils.all_reduce_sum_(counts)
     if sharded:
         dist_utils.all_reduce_sum_(sums)
     task_name = "mse" if model.task == "reconstruction" else "accuracy"
     metrics = {task_name: float(sums[0] / sums[2].clamp_min(1)),
                "quantizer_loss": float(sums[1] / sums[3].clamp_min(1))}
-    if space is not None:
-        metrics["usage"], metrics["perplexity"] = usage_and_perplexity(counts, space)
-    return EvalResult(metrics, None if counts is None else counts.cpu())
+    counts = None
+    if counter is not None:
+        metrics["usage"], metrics["perplexity"] = counter.result(sharded)
+        counts = None if counter.counts is None else counter.counts.cpu()
+    return EvalResult(metrics, counts)
