@@ -1,0 +1,165 @@
+"""How a tokenizer's code indices are laid out, and the token space a prior models.
+
+A quantizer's indices are ``(..., )`` (one codebook) or ``(..., C)`` with a trailing column axis
+(grouped / residual / multi-codebook FSQ / per-dimension latent indices). The priors always work on
+``(..., C)`` with ``C >= 1`` columns, column ``c`` holding values in ``[0, vocab_sizes[c])``;
+:class:`IndexLayout` converts between the two. :func:`index_layout` is the one place that asks a
+quantizer for its layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["IndexLayout", "TokenSpec", "index_layout"]
+
+
+@dataclass(frozen=True)
+class IndexLayout:
+    """Per-column vocabulary sizes of a quantizer's indices.
+
+    Attributes:
+        vocab_sizes: number of codes of each index column (``C`` entries, each >= 1).
+        trailing: the quantizer's indices carry a trailing column axis (``(..., C)``); False means
+            plain ``(...)`` indices with ``C == 1``.
+    """
+
+    vocab_sizes: tuple[int, ...]
+    trailing: bool
+
+    def __post_init__(self) -> None:
+        sizes = tuple(self.vocab_sizes)
+        if not sizes or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in sizes):
+            raise ValueError(f"vocab_sizes: expected a non-empty sequence of ints >= 1, got {self.vocab_sizes!r}")
+        if not self.trailing and len(sizes) != 1:
+            raise ValueError(f"vocab_sizes: indices without a trailing axis have one column, got {len(sizes)}")
+        object.__setattr__(self, "vocab_sizes", sizes)
+        object.__setattr__(self, "trailing", bool(self.trailing))
+
+    @property
+    def columns(self) -> int:
+        """Number of index columns ``C``."""
+        return len(self.vocab_sizes)
+
+    def to_columns(self, indices: Tensor) -> Tensor:
+        """Quantizer indices ``(...)`` or ``(..., C)`` -> ``(..., C)`` (a view)."""
+        return indices if self.trailing else indices.unsqueeze(-1)
+
+    def from_columns(self, tokens: Tensor) -> Tensor:
+        """``(..., C)`` -> the quantizer's index layout (``(...)`` without a trailing axis)."""
+        if tokens.shape[-1:] != (self.columns,):
+            raise ValueError(f"tokens: expected a last axis of size {self.columns} (columns), "
+                             f"got {tuple(tokens.shape)}")
+        return tokens if self.trailing else tokens.squeeze(-1)
+
+    def check(self, name: str, tokens: Tensor) -> None:
+        """Raise unless ``tokens`` is an int64 ``(..., C)`` tensor with column ``c`` in ``[0, vocab_sizes[c])``."""
+        if not isinstance(tokens, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(tokens).__name__}")
+        if tokens.dtype != torch.int64:
+            raise TypeError(f"{name}: expected dtype torch.int64, got {tokens.dtype}")
+        if tokens.ndim < 1 or tokens.shape[-1] != self.columns:
+            raise ValueError(f"{name}: expected a last axis of size {self.columns} (index columns), "
+                             f"got shape {tuple(tokens.shape)}")
+        if tokens.numel() == 0:
+            return
+        flat = tokens.reshape(-1, self.columns)
+        lo, hi = flat.amin(0).tolist(), flat.amax(0).tolist()
+        for c, (a, b, k) in enumerate(zip(lo, hi, self.vocab_sizes)):
+            if a < 0 or b >= k:
+                raise ValueError(f"{name}: column {c} expected values in [0, {k}), got range [{a}, {b}]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"vocab_sizes": list(self.vocab_sizes), "trailing": self.trailing}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> IndexLayout:
+        return cls(tuple(int(k) for k in d["vocab_sizes"]), bool(d["trailing"]))
+
+
+def index_layout(quantizer: nn.Module) -> IndexLayout:
+    """The index layout of ``quantizer`` (the single adapter between quantizers and token files).
+
+    Raises:
+        ValueError: the quantizer's codebook is unknown or too large to enumerate (e.g. FSQ with more
+            than 2^20 implicit codes per index): its indices cannot serve as prior tokens.
+    """
+    from ..training.evaluate import code_space
+
+    space = code_space(quantizer)
+    if space is None:
+        k = getattr(quantizer, "codebook_size", None)
+        size = f" ({k} codes per index)" if isinstance(k, int) else ""
+        raise ValueError(
+            f"quantizer: {type(quantizer).__name__}{size} has no enumerable codebook, so its indices cannot be "
+            f"modelled as tokens; use a quantizer with at most 2^20 codes per index column (e.g. FSQ with "
+            f"num_codebooks > 1, or LatentQuantizer with index_mode='per_dim')")
+    return IndexLayout(tuple(int(k) for k in space.sizes), space.trailing)
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    """Everything a prior needs to know about a token map besides the data.
+
+    Attributes:
+        grid: token grid ``(h, w)``; a prior models ``L = h * w`` positions in raster order.
+        layout: the index layout (columns and their vocabulary sizes).
+        num_classes: number of image classes of the labels (>= 1).
+        tokenizer_hash: identifies the tokenizer whose codes these are (see
+            :func:`vqkit.generative.tokens.tokenizer_fingerprint`).
+        source: where the tokens came from, e.g. ``"digits/train"``.
+    """
+
+    grid: tuple[int, int]
+    layout: IndexLayout
+    num_classes: int
+    tokenizer_hash: str
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        grid = tuple(self.grid)
+        if len(grid) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in grid):
+            raise ValueError(f"grid: expected (h, w) with ints >= 1, got {self.grid!r}")
+        object.__setattr__(self, "grid", grid)
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ValueError(f"num_classes: expected an int >= 1, got {self.num_classes!r}")
+        if not isinstance(self.tokenizer_hash, str):
+            raise TypeError(f"tokenizer_hash: expected a str, got {type(self.tokenizer_hash).__name__}")
+
+    @property
+    def length(self) -> int:
+        """Positions per token map, ``h * w``."""
+        return self.grid[0] * self.grid[1]
+
+    def index_shape(self) -> tuple[int, ...]:
+        """Shape of one token map in the quantizer's layout: ``(h, w)`` or ``(h, w, C)``."""
+        return (*self.grid, self.layout.columns) if self.layout.trailing else self.grid
+
+    def to_sequences(self, indices: Tensor) -> Tensor:
+        """Token maps ``(N, h, w[, C])`` -> raster-order sequences ``(N, L, C)``."""
+        expected = self.index_shape()
+        if tuple(indices.shape[1:]) != expected:
+            raise ValueError(f"indices: expected shape (N, {', '.join(map(str, expected))}), "
+                             f"got {tuple(indices.shape)}")
+        return self.layout.to_columns(indices).reshape(indices.shape[0], self.length, self.layout.columns)
+
+    def to_maps(self, sequences: Tensor) -> Tensor:
+        """Sequences ``(N, L, C)`` -> token maps ``(N, h, w[, C])`` (the quantizer's layout)."""
+        if sequences.ndim != 3 or tuple(sequences.shape[1:]) != (self.length, self.layout.columns):
+            raise ValueError(f"sequences: expected shape (N, {self.length}, {self.layout.columns}), "
+                             f"got {tuple(sequences.shape)}")
+        return self.layout.from_columns(sequences.reshape(sequences.shape[0], *self.grid, self.layout.columns))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"grid": list(self.grid), **self.layout.to_dict(), "num_classes": self.num_classes,
+                "tokenizer_hash": self.tokenizer_hash, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TokenSpec:
+        return cls(tuple(int(s) for s in d["grid"]), IndexLayout.from_dict(d), int(d["num_classes"]),
+                   str(d["tokenizer_hash"]), str(d.get("source", "")))
