@@ -11,7 +11,7 @@ reconstructions of the test split (what a perfect prior over its tokens would re
     PYTHONPATH=src OMP_NUM_THREADS=1 python examples/generative_digits.py --dataset fashion-mnist \\
         --out runs/gen-fm --tokenizer-steps 600 --prior-steps 3000 --feature-steps 2000
     PYTHONPATH=src OMP_NUM_THREADS=1 python examples/generative_digits.py --out runs/gen-digits-rvq \
-        --kinds maskgit --set 'quantizer={kind="residual", codebook_size=64, num_levels=2}'
+        --kinds maskgit --set 'quantizer={kind="residual_vq", codebook_size=64, num_levels=2}'
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from vqkit.data import load_dataset
 from vqkit.generative import (
     AutoregressivePrior,
-    IndexLayout,
+    TokenLayout,
     MaskedTokenPrior,
     PriorConfig,
     TokenSet,
@@ -118,13 +118,13 @@ def test_decoding_schedule_is_the_cosine_and_ends_at_zero():
 
 
 @pytest.mark.parametrize("kind,kwargs,expected", [
-    ("vq", {"codebook_size": 32}, IndexLayout((32,), False)),
-    ("grouped", {"codebook_size": 16, "groups": 2}, IndexLayout((16, 16), True)),
-    ("grouped", {"codebook_size": 16, "groups": 2, "shared_codebook": True}, IndexLayout((16, 16), True)),
-    ("residual", {"codebook_size": 8, "num_levels": 3}, IndexLayout((8, 8, 8), True)),
-    ("fsq", {"levels": [4, 4]}, IndexLayout((16,), False)),
-    ("fsq", {"levels": [4, 4], "num_codebooks": 2}, IndexLayout((16, 16), True)),
-    ("latent", {"values_per_dim": 3, "index_mode": "per_dim"}, IndexLayout((3,) * 8, True)),
+    ("vq", {"codebook_size": 32}, TokenLayout((32,), False)),
+    ("grouped_vq", {"codebook_size": 16, "groups": 2}, TokenLayout((16, 16), True)),
+    ("grouped_vq", {"codebook_size": 16, "groups": 2, "shared_codebook": True}, TokenLayout((16, 16), True)),
+    ("residual_vq", {"codebook_size": 8, "num_levels": 3}, TokenLayout((8, 8, 8), True)),
+    ("fsq", {"levels": [4, 4]}, TokenLayout((16,), False)),
+    ("fsq", {"levels": [4, 4], "num_codebooks": 2}, TokenLayout((16, 16), True)),
+    ("latent", {"values_per_dim": 3, "index_mode": "per_dim"}, TokenLayout((3,) * 8, True)),
 ])
 def test_index_layout_of_every_quantizer_kind(kind, kwargs, expected):
     assert index_layout(build_quantizer(kind, 8, channel_dim=1, **kwargs)) == expected
@@ -132,17 +132,17 @@ def test_index_layout_of_every_quantizer_kind(kind, kwargs, expected):
 
 def test_index_layout_refuses_a_codebook_too_large_to_enumerate():
     huge = build_quantizer("fsq", 8, channel_dim=1, levels=[8] * 7)  # 2^21 implicit codes
-    with pytest.raises(ValueError, match=r"FSQ \(2097152 codes per index\) has no enumerable codebook"):
+    with pytest.raises(ValueError, match=r"FSQ \(2097152 codes per index column\) is too large to model as tokens"):
         index_layout(huge)
     model = build_model("vqvae", (1, 8, 8), 10, {"kind": "fsq", "levels": [8] * 7}, hidden=8, latent_dim=7,
                         downsample=1)
-    with pytest.raises(ValueError, match="no enumerable codebook"):
+    with pytest.raises(ValueError, match="too large to model as tokens"):
         encode_dataset(model, load_dataset("digits", "test"), tokenizer_hash="x")
 
 
 def test_token_spec_sequences_round_trip():
     gen = torch.Generator().manual_seed(0)
-    for layout in (IndexLayout((5,), False), IndexLayout((3,), True), IndexLayout((3, 4, 5), True)):
+    for layout in (TokenLayout((5,), False), TokenLayout((3,), True), TokenLayout((3, 4, 5), True)):
         spec = TokenSpec((2, 3), layout, 10, "h")
         maps = torch.randint(0, 3, (4, *spec.index_shape()), generator=gen)
         seqs = spec.to_sequences(maps)
@@ -153,8 +153,8 @@ def test_token_spec_sequences_round_trip():
 
 
 @pytest.mark.parametrize("quantizer", [
-    {"kind": "residual", "codebook_size": 16, "num_levels": 2},
-    {"kind": "grouped", "codebook_size": 16, "groups": 2},
+    {"kind": "residual_vq", "codebook_size": 16, "num_levels": 2},
+    {"kind": "grouped_vq", "codebook_size": 16, "groups": 2},
     {"kind": "fsq", "levels": [4, 4], "num_codebooks": 2},
 ])
 def test_multi_column_tokens_round_trip_to_the_reconstruction(tmp_path, quantizer):

@@ -12,7 +12,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from vqkit.generative import (  # noqa: E402
-    IndexLayout,
+    TokenLayout,
     MaskedTokenPrior,
     TokenSpec,
     decoding_schedule,
@@ -70,7 +70,7 @@ def test_maskgit_decoding_any_configuration_fills_every_position(vocab, length, 
 def test_token_maps_round_trip_through_sequences(h, w, vocab, trailing, seed):
     if not trailing:
         vocab = vocab[:1]
-    spec = TokenSpec((h, w), IndexLayout(tuple(vocab), trailing), 3, "hash")
+    spec = TokenSpec((h, w), TokenLayout(tuple(vocab), trailing), 3, "hash")
     gen = torch.Generator().manual_seed(seed)
     cols = torch.stack([torch.randint(0, k, (2, h, w), generator=gen) for k in vocab], -1)
     maps = spec.layout.from_columns(cols)

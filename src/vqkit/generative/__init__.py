@@ -19,7 +19,7 @@ from .autoregressive import AutoregressivePrior
 from .features import FeatureNet, load_feature_net, load_or_train_feature_net, save_feature_net, train_feature_net
 from .fid import feature_frechet_distance, frechet_distance, gaussian_fit
 from .images import sample_grid, sample_images, sample_tokens, save_image_grid
-from .layout import IndexLayout, TokenSpec, index_layout
+from .layout import TokenLayout, TokenSpec, index_layout
 from .maskgit import MaskedTokenPrior
 from .priors import PRIOR_KINDS, build_prior
 from .quality import SampleQuality, precision_recall, sample_quality
@@ -29,7 +29,7 @@ from .trainer import PriorConfig, PriorRunResult, evaluate_prior, load_prior, tr
 from .transformer import TokenPrior
 
 __all__ = [
-    "IndexLayout", "TokenSpec", "index_layout",
+    "TokenLayout", "TokenSpec", "index_layout",
     "TokenSet", "encode_dataset", "decode_tokens", "save_tokens", "load_tokens", "tokenizer_fingerprint",
     "cosine_mask_ratio", "mask_counts", "random_mask", "decoding_schedule",
     "TokenPrior", "MaskedTokenPrior", "AutoregressivePrior", "PRIOR_KINDS", "build_prior",

@@ -3,7 +3,7 @@
 A quantizer's indices are ``(..., )`` (one codebook) or ``(..., C)`` with a trailing column axis
 (grouped / residual / multi-codebook FSQ / per-dimension latent indices). The priors always work on
 ``(..., C)`` with ``C >= 1`` columns, column ``c`` holding values in ``[0, vocab_sizes[c])``;
-:class:`IndexLayout` converts between the two. :func:`index_layout` is the one place that asks a
+:class:`TokenLayout` converts between the two. :func:`index_layout` is the one place that asks a
 quantizer for its layout.
 """
 
@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["IndexLayout", "TokenSpec", "index_layout"]
+__all__ = ["TokenLayout", "TokenSpec", "index_layout"]
 
 
 @dataclass(frozen=True)
-class IndexLayout:
+class TokenLayout:
     """Per-column vocabulary sizes of a quantizer's indices.
 
     Attributes:
@@ -78,28 +78,30 @@ class IndexLayout:
         return {"vocab_sizes": list(self.vocab_sizes), "trailing": self.trailing}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> IndexLayout:
+    def from_dict(cls, d: Mapping[str, Any]) -> TokenLayout:
         return cls(tuple(int(k) for k in d["vocab_sizes"]), bool(d["trailing"]))
 
 
-def index_layout(quantizer: nn.Module) -> IndexLayout:
-    """The index layout of ``quantizer`` (the single adapter between quantizers and token files).
+def index_layout(quantizer: nn.Module) -> TokenLayout:
+    """The token layout of ``quantizer``'s indices, from its :attr:`~vqkit.quantizers.base.Quantizer.index_layout`
+    (the single adapter between quantizers and token files).
 
     Raises:
-        ValueError: the quantizer's codebook is unknown or too large to enumerate (e.g. FSQ with more
-            than 2^20 implicit codes per index): its indices cannot serve as prior tokens.
+        ValueError: a column has more than 2^20 codes (a prior's embedding table and output head would be
+            that large), or the indices have more than one trailing axis.
     """
-    from ..training.evaluate import code_space
+    from ..metrics import MAX_HISTOGRAM_CODES
 
-    space = code_space(quantizer)
-    if space is None:
-        k = getattr(quantizer, "codebook_size", None)
-        size = f" ({k} codes per index)" if isinstance(k, int) else ""
+    layout = quantizer.index_layout
+    if max(layout.sizes) > MAX_HISTOGRAM_CODES:
         raise ValueError(
-            f"quantizer: {type(quantizer).__name__}{size} has no enumerable codebook, so its indices cannot be "
-            f"modelled as tokens; use a quantizer with at most 2^20 codes per index column (e.g. FSQ with "
+            f"quantizer: {type(quantizer).__name__} ({max(layout.sizes)} codes per index column) is too large to "
+            f"model as tokens; use a quantizer with at most 2^20 codes per index column (e.g. FSQ with "
             f"num_codebooks > 1, or LatentQuantizer with index_mode='per_dim')")
-    return IndexLayout(tuple(int(k) for k in space.sizes), space.trailing)
+    if len(layout.trailing) > 1:
+        raise ValueError(f"quantizer: {type(quantizer).__name__} indices have {len(layout.trailing)} trailing axes "
+                         f"{layout.trailing}; token files support at most one")
+    return TokenLayout(tuple(int(k) for k in layout.sizes), bool(layout.trailing))
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class TokenSpec:
     """
 
     grid: tuple[int, int]
-    layout: IndexLayout
+    layout: TokenLayout
     num_classes: int
     tokenizer_hash: str
     source: str = ""
@@ -161,5 +163,5 @@ class TokenSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TokenSpec:
-        return cls(tuple(int(s) for s in d["grid"]), IndexLayout.from_dict(d), int(d["num_classes"]),
+        return cls(tuple(int(s) for s in d["grid"]), TokenLayout.from_dict(d), int(d["num_classes"]),
                    str(d["tokenizer_hash"]), str(d.get("source", "")))
