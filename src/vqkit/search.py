@@ -335,14 +335,14 @@ def search_center(codes: Tensor) -> Tensor:
     to the lowest index) while still removing the offset down to a fraction of the spread. A non-finite
     codebook gives the zero center.
     """
-    c = codes.detach().double()
-    mean = c.mean(0)
+    c = codes.detach()
+    mean = c.mean(0)  # in the codes' dtype (>= fp32 here): the grid rounding below absorbs its error
     spread = (c - mean).abs().amax()
     # sync-free: grid = 2^(floor(log2(spread)) - 6); spread 0 keeps the mean; non-finite -> 0
     grid = torch.exp2(torch.floor(torch.log2(spread)) - 6.0)
     rounded = torch.where(spread > 0, torch.round(mean / grid) * grid, mean)
     ok = torch.isfinite(rounded).all()
-    return torch.where(ok, rounded, torch.zeros_like(rounded)).to(codes.dtype)
+    return torch.where(ok, rounded, torch.zeros_like(rounded))
 
 
 def _search_flat(flat: Tensor, codes: Tensor, metric: str, backend: str, chunk_size: int | None,

@@ -397,8 +397,8 @@ class VectorQuantizer(Quantizer):
             return check_bool("freeze_codebook", freeze)
         if self.freeze_codebook:
             return True
-        params = list(self.codes.parameters())
-        return bool(params) and not any(p.requires_grad for p in params)
+        requires = [p.requires_grad for p in self.codes.parameters()]
+        return bool(requires) and not any(requires)
 
     def quantize_vectors(self, z: Tensor, valid: Tensor | None = None, output_nu: float | None = None,
                          freeze: bool | None = None) -> VQResult:
