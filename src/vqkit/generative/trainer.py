@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..training import MetricLogger, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..training.rundir import CHECKPOINT_DIR, SUMMARY_FILE
 from .order import batch_indices, step_generator
 from .priors import build_prior
 from .tokens import TokenSet, load_tokens
@@ -35,7 +36,6 @@ __all__ = ["PriorConfig", "PriorRunResult", "train_prior", "load_prior", "read_p
            "PRIOR_FILE"]
 
 PRIOR_FILE = "prior.json"
-SUMMARY_FILE = "run.json"
 # config fields that may change when resuming a run (the rest must match the checkpointed run)
 _RESUMABLE = ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
 
@@ -173,7 +173,7 @@ def _check_resume(out: Path, spec: dict[str, Any], config: PriorConfig, tokens: 
     """The checkpoint to resume from, after checking that ``out``'s run trained the same thing."""
     checkpoint = latest_checkpoint(out)
     if checkpoint is None:
-        raise FileNotFoundError(f"resume: no checkpoint found in {out / 'checkpoints'}")
+        raise FileNotFoundError(f"resume: no checkpoint found in {out / CHECKPOINT_DIR}")
     saved = read_prior_run(out)
     if saved.get("prior") != spec:
         raise ValueError(f"resume: {out} holds prior {saved.get('prior')}, the call asks for {spec}")
@@ -229,7 +229,7 @@ def train_prior(
     checkpoint = None
     if resume:
         checkpoint = _check_resume(out, spec, config, tokens)
-    elif (out / PRIOR_FILE).exists() or (out / "checkpoints").exists():
+    elif (out / PRIOR_FILE).exists() or (out / CHECKPOINT_DIR).exists():
         raise FileExistsError(f"out_dir: {out} already holds a prior run; pass resume=True or use another directory")
 
     torch.manual_seed(config.seed)
@@ -300,7 +300,7 @@ def load_prior(run_dir: str | Path, *, device: torch.device | str = "cpu") -> tu
     info = read_prior_run(run_dir)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
-        raise FileNotFoundError(f"{Path(run_dir) / 'checkpoints'}: no checkpoint of the prior")
+        raise FileNotFoundError(f"{Path(run_dir) / CHECKPOINT_DIR}: no checkpoint of the prior")
     prior = build_prior(info["prior"]["kind"], **info["prior"]["args"])
     load_checkpoint(checkpoint, prior, None, restore_rng=False)
     return prior.to(device).eval(), info

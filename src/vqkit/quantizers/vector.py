@@ -44,7 +44,6 @@ from .base import (
     QuantizerOutput,
     Quantizer,
     apply_projection,
-    check_indices,
     check_nonfinite,
     flatten_input,
     restore_channel_dim,

@@ -10,7 +10,8 @@ models), ``optim``, ``sampling``, ``objective``, ``parallel``, ``logging``, ``ch
 ``plots`` -> ``resume`` -> ``trainer`` -> ``report`` -> ``ablate``.
 """
 
-from .ablate import LADDER, Rung, run_ablation
+from .ablate import run_ablation
+from .rungs import LADDER, RUNGS, TABLES, Rung
 from .build import build_from_recipe, load_datasets
 from .checkpoint import (
     Checkpoint,
@@ -79,5 +80,7 @@ __all__ = [
     "write_report",
     "run_ablation",
     "LADDER",
+    "RUNGS",
+    "TABLES",
     "Rung",
 ]

@@ -34,96 +34,24 @@ import inspect
 import json
 import math
 import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import __version__
-from ..models.peer import PEER_BEST_PRACTICE
-from ..quantizers.scalar import fsq_levels
-from ..quantizers.vector import PLAIN_STE, TECHNIQUES, VectorQuantizer
+from ..quantizers.vector import VectorQuantizer
 from .build import build_from_recipe, load_datasets
 from .console import note, warn
 from .logging import read_metrics
 from .plots import line_plot
 from .recipe import QuantizerConfig, Recipe, RecipeError, to_toml
+from .rungs import LADDER, RUNG_NAMES, RUNGS, Rung
 from .rundir import ABLATION_JSON_FILE, ABLATION_TABLE_FILE, RunDir, ablation_run_dir, curves_file
 from .trainer import TrainingInterrupted, train
 
 __all__ = ["Rung", "LADDER", "RUNG_NAMES", "run_ablation", "effective_arguments"]
-
-
-@dataclass(frozen=True)
-class Rung:
-    """One configuration: ``key`` (for ``--rungs``), table ``label``, and how it turns the base
-    recipe's quantizer section into its own (``make(base, fixes) -> QuantizerConfig``)."""
-
-    key: str
-    label: str
-    make: Callable[[QuantizerConfig, dict[str, Any]], QuantizerConfig] = field(repr=False)
-
-
-def _codebook_size(base: QuantizerConfig) -> int:
-    k = base.args.get("codebook_size")
-    if not isinstance(k, int):
-        raise RecipeError("quantizer.codebook_size: the ablation needs the base recipe's VQ codebook size")
-    return k
-
-
-def _vq(**flags: Any) -> Callable[[QuantizerConfig, dict[str, Any]], QuantizerConfig]:
-    def make(base: QuantizerConfig, fixes: dict[str, Any]) -> QuantizerConfig:
-        args = {**base.args, **PLAIN_STE, **flags}
-        # explicit fix settings apply where the rung uses that fix (e.g. alternating_lr only with alternating steps)
-        for k, v in fixes.items():
-            uses = {
-                    "sync_nu": args.get("sync_nu", 0) > 0, "dead_code_steps": args.get("dead_code_steps", 0) > 0,
-                    "dead_code_threshold": args.get("dead_code_steps", 0) > 0,
-                    "alternating_lr": args.get("alternating_steps", 0) > 0,
-                    "alternating_reassign": args.get("alternating_steps", 0) > 0,
-                    "alternating_steps": args.get("alternating_steps", 0) > 0}.get(k, True)
-            if uses:
-                args[k] = v
-        return QuantizerConfig("vq", base.loss_weight, args)
-
-    return make
-
-
-def _defaults(base: QuantizerConfig, fixes: dict[str, Any]) -> QuantizerConfig:
-    """VectorQuantizer as a user gets it: only the codebook size given (``fixes`` do not apply)."""
-    return QuantizerConfig("vq", base.loss_weight, {"codebook_size": _codebook_size(base)})
-
-
-def _fsq(base: QuantizerConfig, fixes: dict[str, Any]) -> QuantizerConfig:
-    return QuantizerConfig("fsq", base.loss_weight, {"levels": fsq_levels(_codebook_size(base), nearest=True)})
-
-
-def _peer(base: QuantizerConfig, fixes: dict[str, Any]) -> QuantizerConfig:
-    return QuantizerConfig("vqpytorch", base.loss_weight, {"codebook_size": _codebook_size(base), **PEER_BEST_PRACTICE})
-
-
-def _cumulative(last: str) -> dict[str, Any]:
-    """The switches of :data:`~vqkit.quantizers.vector.TECHNIQUES` up to and including ``last``."""
-    names = list(TECHNIQUES)
-    return {k: v for t in names[: names.index(last) + 1] for k, v in TECHNIQUES[t].items()}
-
-
-_TECHNIQUE_LABELS = {"kmeans": "k-means init", "sync": "sync commitment", "affine": "affine",
-                     "alternating": "alternating", "replacement": "dead-code replacement"}
-
-LADDER: tuple[Rung, ...] = (
-    Rung("plain", "plain STE", _vq()),
-    *(Rung(t, f"+ {_TECHNIQUE_LABELS[t]}", _vq(**_cumulative(t))) for t in TECHNIQUES),
-    Rung("defaults", "vqkit defaults", _defaults),
-    Rung("ema", "EMA codebook + replacement (k-means init)",
-         _vq(**TECHNIQUES["kmeans"], **TECHNIQUES["replacement"], codebook={"kind": "ema", "decay": 0.99})),
-    Rung("rotation", "rotation trick (k-means init)", _vq(**TECHNIQUES["kmeans"], estimator="rotation")),
-    Rung("fsq", "FSQ", _fsq),
-    Rung("peer", "vector-quantize-pytorch (EMA, k-means, dead code 2; its default rotation trick)", _peer),
-)
-RUNG_NAMES = tuple(r.key for r in LADDER)
 
 
 PEER_PACKAGE = "vector-quantize-pytorch"
@@ -143,7 +71,7 @@ def _select(rungs: Sequence[str] | None) -> tuple[list[Rung], list[Rung]]:
     if rungs is None:
         peer_ok = _peer_available()
         return [r for r in LADDER if r.key != "peer" or peer_ok], [r for r in LADDER if r.key == "peer" and not peer_ok]
-    by_key = {r.key: r for r in LADDER}
+    by_key = RUNGS
     unknown = [k for k in rungs if k not in by_key]
     if unknown:
         raise RecipeError(f"--rungs: unknown rung(s) {', '.join(unknown)}; valid: {', '.join(RUNG_NAMES)}")
