@@ -64,6 +64,7 @@ __all__ = [
     "EMACodebook",
     "LinearCodebook",
     "assignment_sums",
+    "keep_fp32_statistics",
 ]
 
 
@@ -224,7 +225,7 @@ CODEBOOK_KINDS: dict[str, type[CodebookSpec]] = {
 
 
 def codebook_spec(value: str | CodebookSpec | Mapping[str, object]) -> CodebookSpec:
-    """A spec from a spec, a name (``"plain"``, ``"affine"``, ``"running_affine"``, ``"ema"``) or a mapping
+    """A spec from a spec, a name (``"plain"``, ``"affine"``, ``"running_affine"``, ``"ema"``, ``"linear"``) or a mapping
     ``{"kind": name, **fields}`` (the form recipes and TOML files use, e.g. ``{kind = "ema", decay = 0.8}``)."""
     if isinstance(value, CodebookSpec):
         return value
@@ -255,17 +256,26 @@ def spec_to_dict(spec: CodebookSpec) -> dict[str, object]:
 # ----------------------------------------------------------------------------------------------
 
 
+def keep_fp32_statistics(module: nn.Module, before: dict[str, Tensor | None]) -> None:
+    """After ``module._apply`` cast buffers to fp16 / bf16: put the fp32 originals back (moved to the new device),
+    so the statistics keep their values, not fp32 copies of rounded ones."""
+    for name, old in before.items():
+        new = module._buffers.get(name)
+        if old is None or new is None or not new.is_floating_point():
+            continue
+        if new.dtype not in (torch.float32, torch.float64) and old.dtype in (torch.float32, torch.float64):
+            module._buffers[name] = old.to(device=new.device)
+
+
 class _FP32Statistics(nn.Module):
     """Keeps the floating buffers named in ``_statistics`` in at least fp32 through ``.to()`` / ``.half()``."""
 
     _statistics: tuple[str, ...] = ()
 
     def _apply(self, fn, recurse: bool = True):
+        before = {name: self._buffers.get(name) for name in self._statistics}
         super()._apply(fn, recurse)
-        for name in self._statistics:
-            buf = self._buffers.get(name)
-            if buf is not None and buf.is_floating_point() and buf.dtype not in (torch.float32, torch.float64):
-                self._buffers[name] = buf.float()
+        keep_fp32_statistics(self, before)
         return self
 
 
@@ -446,22 +456,25 @@ class RunningAffineCodebook(Codebook):
 
     @torch.no_grad()
     def update_statistics_(self, z: Tensor, weight: Tensor | None) -> None:
-        acc = accumulation_dtype(z, self.z_mean)
-        z = z.to(acc)
+        # moments in fp64 about the running mean: E[z^2] - E[z]^2 would cancel for embeddings far from 0
+        acc = torch.float64
+        ref = self.z_mean.detach().to(acc)
+        zc = z.to(acc) - ref
         if weight is None:
             weight = torch.ones(z.shape[0], dtype=acc, device=z.device)
         weight = weight.to(acc)
-        moments = torch.stack([(z * weight[:, None]).sum(0), (z * z * weight[:, None]).sum(0)])
+        moments = torch.stack([(zc * weight[:, None]).sum(0), (zc * zc * weight[:, None]).sum(0)])
         count = weight.sum().reshape(1)
         dist_utils.all_reduce_sum_(moments, count)
         w = self.weight.detach().to(acc).view(self.groups, -1, self.dim)
         w_mean, w_var = w.mean(1), w.var(1, unbiased=False)
         n = count.clamp_min(1.0)
-        z_mean = moments[0] / n
-        z_var = (moments[1] / n - z_mean**2).clamp_min(0.0)
+        shift = moments[0] / n
+        z_mean = ref + shift
+        z_var = (moments[1] / n - shift**2).clamp_min(0.0)
         # first update copies, later ones are EMAs; a batch without valid rows leaves z moments alone
         m = torch.where(self.num_updates == 0, 1.0, self.momentum).to(acc)
-        m_z = torch.where(count > 0, m, 0.0)
+        m_z = torch.where(count > 0, m, torch.zeros_like(m))
         self.z_mean.lerp_(z_mean.to(self.z_mean.dtype), m_z.to(self.z_mean.dtype))
         self.z_var.lerp_(z_var.to(self.z_var.dtype), m_z.to(self.z_var.dtype))
         self.w_mean.lerp_(w_mean.to(self.w_mean.dtype), m.to(self.w_mean.dtype))
@@ -494,6 +507,13 @@ class EMACodebook(Codebook):
         self.register_buffer("pending_counts", torch.zeros(size))
         self.register_buffer("pending_sums", torch.zeros(size, dim))
         self.register_buffer("pending", torch.zeros(()))  # 1.0 while statistics wait to be folded in
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the deferred update have no pending statistics: nothing is pending
+        for name in ("pending_counts", "pending_sums", "pending"):
+            if prefix + name not in state_dict and prefix + "weight" in state_dict:
+                state_dict[prefix + name] = torch.zeros_like(getattr(self, name))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _folded(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(cluster_size, embed_sum, weight)`` with the pending statistics folded in (shape-static)."""
@@ -574,7 +594,8 @@ class LinearCodebook(Codebook):
         acc = accumulation_dtype(values, self.linear)
         m, beta = (None if t is None else t.detach().to(acc) for t in self._map(self.linear, self.shift))
         v = values.to(acc) if beta is None else values.to(acc) - beta
-        return v @ torch.linalg.pinv(m)
+        inverse, _ = torch.linalg.inv_ex(m)  # no host sync (pinv would synchronize CUDA)
+        return v @ inverse
 
     @torch.no_grad()
     def alternating_step_(self, counts: Tensor, sums: Tensor, lr: float) -> None:

@@ -78,5 +78,6 @@ def all_gather_equal(x: Tensor) -> Tensor:
         return x[None]
     ws = dist.get_world_size()
     out = x.new_empty(ws * x.numel())
-    dist.all_gather_single(out, x.reshape(-1).contiguous())
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # the name before torch 2.13
+    gather(out, x.reshape(-1).contiguous())
     return out.view(ws, *x.shape)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .dtypes import accumulation_dtype
 
-__all__ = ["straight_through", "straight_through_with_loss", "rotation_trick", "ESTIMATORS"]
+__all__ = ["straight_through", "straight_through_with_loss", "rotation_trick", "estimate", "ESTIMATORS"]
 
 ESTIMATORS = ("ste", "rotation")
 
@@ -217,3 +217,10 @@ def rotation_trick(z: Tensor, q: Tensor, nu: float = 0.0, eps: float = 1e-8) -> 
     rotated = z - 2.0 * r * (r * z).sum(-1, keepdim=True) + 2.0 * q_hat * (e_hat * z).sum(-1, keepdim=True)
     rotated = rotated * (q_norm / z_norm)
     return _with_code_gradient(qd + (rotated - rotated.detach()), q, nu)
+
+
+def estimate(estimator: str, z: Tensor, q: Tensor, nu: float = 0.0) -> Tensor:
+    """The output of estimator ``"ste"`` (:func:`straight_through`) or ``"rotation"`` (:func:`rotation_trick`)."""
+    if estimator == "rotation":
+        return rotation_trick(z, q, nu)
+    return straight_through(z, q, nu)

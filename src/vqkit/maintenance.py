@@ -111,9 +111,9 @@ def kmeans(
 def replacement_candidates(z: Tensor, weight: Tensor | None, count: int, noise: float = 0.01) -> tuple[Tensor, Tensor]:
     """``count`` candidate codes drawn from the valid rows of ``z``, identical on every rank (shape-static).
 
-    Each rank draws ``count`` rows (with replacement) from its rows with ``weight > 0`` and adds noise of about
-    ``noise`` times the row's norm (``noise * ||z|| * u / sqrt(D)``, ``u ~ N(0, I)``), so codes re-seeded
-    near one embedding do not coincide. Under torch.distributed the candidates are all-gathered and slot
+    Each rank draws ``count`` rows (with replacement) from its rows with ``weight > 0`` and adds Gaussian noise of
+    ``noise`` times the batch's spread (the root mean squared deviation from the batch mean, per dimension), so
+    codes re-seeded near one embedding do not coincide, at any offset of the data. Under torch.distributed the candidates are all-gathered and slot
     ``r`` takes the candidate of the first rank, in the order ``r % W, r % W + 1, ...``, whose batch had a
     valid row: the result is the same everywhere and draws from every rank.
 
@@ -137,8 +137,14 @@ def replacement_candidates(z: Tensor, weight: Tensor | None, count: int, noise: 
         probs = torch.where(ok, valid.to(acc), torch.ones(n, dtype=acc, device=z.device))
         idx = torch.multinomial(probs, count, replacement=True)
         rows = z[idx].to(acc)
-        eps = torch.randn(rows.shape, dtype=acc, device=z.device) / math.sqrt(d)
-        cand = rows + noise * rows.norm(dim=-1, keepdim=True) * eps
+        # noise relative to the batch's spread about its mean (a row's norm would grow with the data's offset)
+        w = valid.to(acc)
+        n_valid = w.sum().clamp_min(1.0)
+        zf = z.to(acc)
+        mean = (w @ zf) / n_valid
+        spread = ((w @ (zf - mean).square()).sum() / (n_valid * d)).sqrt()
+        eps = torch.randn(rows.shape, dtype=acc, device=z.device)
+        cand = rows + noise * spread * eps
     if not dist_utils.is_distributed():
         return cand, ok
     world = dist_utils.world_size()

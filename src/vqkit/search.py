@@ -324,7 +324,8 @@ def _use_triton(x: Tensor, backend: str) -> bool:
         return False
     if backend == "triton":
         return True
-    return x.device.type == "cuda" and triton_available()
+    # the kernel computes in fp32: fp64 inputs keep the fp64 torch path
+    return x.device.type == "cuda" and x.dtype != torch.float64 and triton_available()
 
 
 def search_center(codes: Tensor) -> Tensor:
@@ -460,7 +461,7 @@ def sample_code(
             center = search_center(codes)
             codes = codes - center
             bias, scale = codes.pow(2).sum(1), -2.0
-        rows = chunk_rows(2 * codes.shape[0], memory_budget)
+        rows = chunk_rows(4 * codes.shape[0], memory_budget)  # distances, uniforms and their logs per chunk
         out = torch.empty(flat.shape[0], dtype=torch.int64, device=flat.device)
         for s in range(0, flat.shape[0], rows):
             xc = flat[s:s + rows] if metric == "cosine" else flat[s:s + rows] - center

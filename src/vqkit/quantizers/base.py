@@ -31,6 +31,9 @@ __all__ = [
     "lens_to_mask",
     "flatten_input",
     "apply_projection",
+    "nonfinite_rows",
+    "nan_rows",
+    "mean_stats",
     "move_channel_last",
     "restore_channel_dim",
 ]
@@ -279,6 +282,29 @@ def check_indices(indices: object, trailing: int | tuple[int, ...] | None, high:
                 f"{name}: expected values in [0, {shown}), got min {int(indices.min())} max {int(indices.max())}"
             )
     return indices
+
+
+def nonfinite_rows(check: bool, flat: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The non-finite input rule for rows ``flat (N, D)``: with ``check`` (eager) raise naming ``x``
+    (one host sync) and return ``(flat, valid, None)``; otherwise, and always under ``torch.compile``,
+    zero the non-finite rows and return ``(flat, valid, bad)`` with them marked as padding in ``valid``
+    and ``bad (N,)`` the rows whose outputs must come back NaN with index -1."""
+    if check and not torch.compiler.is_compiling():
+        check_nonfinite("x", flat)
+        return flat, valid, None
+    finite = torch.isfinite(flat).all(-1)
+    flat = torch.where(finite[:, None], flat, flat.new_zeros(()))
+    return flat, finite if valid is None else valid & finite, ~finite
+
+
+def nan_rows(out: Tensor, bad: Tensor | None) -> Tensor:
+    """``out (..., N, D)`` with the rows ``bad (N,)`` set to NaN (unchanged when ``bad`` is None)."""
+    return out if bad is None else torch.where(bad[:, None], torch.full_like(out[..., :1, :], float("nan")), out)
+
+
+def mean_stats(stats: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Key-wise mean of several quantizers' stats (groups, levels)."""
+    return {k: torch.stack([s[k] for s in stats]).mean() for k in stats[0]}
 
 
 def apply_projection(layer: nn.Module, t: Tensor) -> Tensor:

@@ -50,8 +50,8 @@ from .base import (
     QuantizerOutput,
     Quantizer,
     apply_projection,
-    check_nonfinite,
     flatten_input,
+    nonfinite_rows,
     restore_channel_dim,
 )
 from .registry import register_quantizer
@@ -282,19 +282,6 @@ def batch_entropy(a: Tensor, weight: Tensor | None = None, mode: str = "exact") 
 # ----------------------------------------------------------------------------------------------
 
 
-def _nonfinite_rows(module: _SignQuantizer, z: Tensor, valid: Tensor | None
-                    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Non-finite rows of ``z (N, D)``: raise naming ``x`` (``check_finite``, eager), or (check off, or under
-    ``torch.compile``) zero them and return their ``(N,)`` map, with ``valid`` updated so they count as
-    padding."""
-    if module.check_finite and not torch.compiler.is_compiling():
-        check_nonfinite("x", z)
-        return z, valid, None
-    finite = torch.isfinite(z).all(-1)
-    z = torch.where(finite[:, None], z, z.new_zeros(()))
-    return z, finite if valid is None else valid & finite, ~finite
-
-
 class _SignQuantizer(Quantizer):
     """Shared machinery of :class:`LFQ` and :class:`BSQ` (sign quantization of ``G`` groups of ``d`` bits)."""
 
@@ -379,7 +366,7 @@ class _SignQuantizer(Quantizer):
         """Quantize ``x``; see the class docstring for shapes."""
         flat, valid, lead = flatten_input(self, x, mask, lens)
         z = apply_projection(self.project_in, flat)
-        z, valid, bad = _nonfinite_rows(self, z, valid)
+        z, valid, bad = nonfinite_rows(self.check_finite, z, valid)
         with torch.autocast(device_type=x.device.type, enabled=False):
             ct = accumulation_dtype(z.dtype)
             z = self.prepare(z.to(ct).unflatten(-1, (self.num_codebooks, self.codebook_dim)))  # (N, G, d)

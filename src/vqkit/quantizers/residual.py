@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..codebooks import codebook_spec
 from ..dtypes import accumulation_dtype
-from ..estimators import ESTIMATORS, rotation_trick, straight_through
+from ..estimators import ESTIMATORS, estimate, straight_through
 from ..metrics import index_stats
 from ..validation import check_bool, check_choice, check_float, check_int, check_int_sequence
 from .base import (
@@ -43,13 +43,15 @@ from .base import (
     Quantizer,
     QuantizerOutput,
     apply_projection,
-    check_nonfinite,
     flatten_input,
+    mean_stats,
+    nan_rows,
+    nonfinite_rows,
     restore_channel_dim,
 )
 from .registry import register_quantizer
 from .scalar import FSQ, fsq_levels
-from .vector import VectorQuantizer
+from .vector import VectorQuantizer, _in_backward
 
 __all__ = [
     "ResidualVectorQuantizer",
@@ -158,31 +160,12 @@ def _level_sizes(codebook_size: int | Sequence[int], num_levels: int) -> tuple[i
     return sizes
 
 
-def _mean_stats(stats: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-    return {k: torch.stack([s[k] for s in stats]).mean() for k in stats[0]}
-
-
-def _nan_rows(out: Tensor, bad: Tensor | None) -> Tensor:
-    """``out (..., N, D)`` with the rows ``bad (N,)`` set to NaN."""
-    return out if bad is None else torch.where(bad[:, None], torch.full_like(out[..., :1, :], float("nan")), out)
-
-
 def _zero_rows(t: Tensor, rows: Tensor | None) -> Tensor:
     return t if rows is None else torch.where(rows[:, None], t.new_zeros(()), t)
 
 
 def _and(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     return b if a is None else (a if b is None else a & b)
-
-
-def _nonfinite_rows(check: bool, flat: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Raise naming ``x`` on non-finite rows of ``flat (N, D)`` (``check``, eager), or (check off, or under
-    ``torch.compile``) zero them and return ``(flat, valid, bad)`` with them marked as padding."""
-    if check and not torch.compiler.is_compiling():
-        check_nonfinite("x", flat)
-        return flat, valid, None
-    finite = torch.isfinite(flat).all(-1)
-    return _zero_rows(flat, ~finite), _and(valid, finite), ~finite
 
 
 def _active_levels_stat(active: Tensor | None, valid: Tensor | None, n: int, device: torch.device) -> Tensor:
@@ -289,9 +272,21 @@ class _Residual(Quantizer):
         """Whether dropout may truncate this call (VQ levels: after every level's k-means init)."""
         return True
 
+    #: whether dropout could truncate the last training call (an activation-checkpoint recomputation of it,
+    #: which runs after the levels' k-means init, must decide as that call did)
+    _ready_at_call: bool = True
+
     def _active(self, lead: torch.Size, device: torch.device, num_levels: int | None) -> Tensor | None:
         """``(N, L)`` bool of the levels each row uses in this call, or None when every row uses all."""
-        if self.dropout is None or not self.training or num_levels is not None or not self._dropout_ready():
+        if self.dropout is None or not self.training or num_levels is not None:
+            return None
+        if torch.compiler.is_compiling():
+            ready = self._dropout_ready()
+        elif _in_backward():
+            ready = self._ready_at_call
+        else:
+            ready = self._ready_at_call = self._dropout_ready()
+        if not ready:
             return None
         return _active_rows(self.dropout.draw(lead[0], device), lead, self.num_levels)
 
@@ -310,12 +305,6 @@ class _Residual(Quantizer):
 # ----------------------------------------------------------------------------------------------
 # residual VQ
 # ----------------------------------------------------------------------------------------------
-
-
-def _estimate(estimator: str, z: Tensor, codes: Tensor, nu: float) -> Tensor:
-    if estimator == "rotation":
-        return rotation_trick(z, codes, nu)
-    return straight_through(z, codes, nu)
 
 
 @register_quantizer("residual_vq", example=dict(codebook_size=8, num_levels=2))
@@ -433,15 +422,17 @@ class ResidualVectorQuantizer(_Residual):
         return not any(q.needs_initialization for q in self.levels)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None,
-                num_levels: int | None = None, return_levels: bool = False) -> QuantizerOutput:
-        """Quantize ``x``; see the class docstring for the options and shapes."""
+                num_levels: int | None = None, return_levels: bool = False,
+                freeze_codebook: bool | None = None) -> QuantizerOutput:
+        """Quantize ``x``; see the class docstring for the options and shapes (``freeze_codebook`` overrides
+        the levels' setting for this call)."""
         n = self._levels_for_call(num_levels, return_levels)
         flat, valid, lead = flatten_input(self, x, mask, lens)
         active = self._active(lead, flat.device, num_levels)
-        return self._finish(x, lead, self.quantize_flat(flat, valid, active, n, return_levels))
+        return self._finish(x, lead, self.quantize_flat(flat, valid, active, n, return_levels, freeze_codebook))
 
     def quantize_flat(self, flat: Tensor, valid: Tensor | None, active: Tensor | None, n: int,
-                      return_levels: bool = False) -> ResidualResult:
+                      return_levels: bool = False, freeze: bool | None = None) -> ResidualResult:
         """Quantize rows ``flat (N, dim)`` with the first ``n`` levels.
 
         Args:
@@ -452,15 +443,13 @@ class ResidualVectorQuantizer(_Residual):
             return_levels: also return the partial sums ``(n, N, dim)``.
         """
         z = apply_projection(self.project_in, flat)
-        residual, total, bad = z, None, None
+        # the non-finite rule once for all levels (one host sync at most); residuals in >= fp32
+        z, valid, bad = nonfinite_rows(self._level(0).check_finite, z, valid)
+        residual, total = z.to(accumulation_dtype(z)), None
         indices, losses, stats, sums = [], [], [], []
         for i in range(n):
             use = None if active is None else active[:, i]
-            res = self._level(i).quantize_vectors(residual, _and(valid, use))
-            if res.bad is not None:  # non-finite rows stay padding at every level
-                bad = res.bad if bad is None else bad | res.bad
-                valid = _and(valid, ~bad)
-                residual = _zero_rows(residual, bad)
+            res = self._level(i).quantize_vectors(residual, _and(valid, use), freeze=freeze, checked=True)
             codes = res.codes if use is None else _zero_rows(res.codes, ~use)
             residual = residual - codes.detach().to(residual.dtype)
             total = codes if total is None else total + codes
@@ -470,18 +459,18 @@ class ResidualVectorQuantizer(_Residual):
             if return_levels and i < n - 1:
                 sums.append(total)
         z = _zero_rows(z, bad)
-        out = apply_projection(self.project_out, _estimate(self.estimator, z, total, self.sync_nu))
+        out = apply_projection(self.project_out, estimate(self.estimator, z, total, self.sync_nu))
         partials = None
         if return_levels:
-            parts = [apply_projection(self.project_out, _estimate(self.estimator, z, s, self.sync_nu)) for s in sums]
-            partials = _nan_rows(torch.stack([*parts, out]), bad)
+            parts = [apply_projection(self.project_out, estimate(self.estimator, z, s, self.sync_nu)) for s in sums]
+            partials = nan_rows(torch.stack([*parts, out]), bad)
         stacked = torch.stack(indices, dim=-1)
         if bad is not None:
             stacked = torch.where(bad[:, None], -1, stacked)
-        level_stats = _mean_stats(stats)
+        level_stats = mean_stats(stats)
         level_stats["active_levels"] = _active_levels_stat(active[:, :n] if active is not None else None,
                                                            valid, n, flat.device)
-        return ResidualResult(_nan_rows(out, bad), stacked, torch.stack(losses).sum(), level_stats, partials)
+        return ResidualResult(nan_rows(out, bad), stacked, torch.stack(losses).sum(), level_stats, partials)
 
     def decode_codes(self, indices: Tensor) -> Tensor:
         """``(..., n)`` indices of the first ``n`` levels -> ``(..., dim)`` channel-last."""
@@ -565,24 +554,26 @@ class GroupedResidualVectorQuantizer(_Residual):
         return all(r._dropout_ready() for r in self.residuals)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None,
-                num_levels: int | None = None, return_levels: bool = False) -> QuantizerOutput:
+                num_levels: int | None = None, return_levels: bool = False,
+                freeze_codebook: bool | None = None) -> QuantizerOutput:
         """Quantize ``x``; see the class docstring for shapes."""
         n = self._levels_for_call(num_levels, return_levels)
         flat, valid, lead = flatten_input(self, x, mask, lens)
         # a position with a non-finite entry in any group is padding in every group (NaN out, index -1)
-        flat, valid, bad = _nonfinite_rows(self.check_finite, flat, valid)
+        flat, valid, bad = nonfinite_rows(self.check_finite, flat, valid)
         active = self._active(lead, flat.device, num_levels)
         part = self.dim // self.groups
         parts = flat.reshape(-1, self.groups, part)
-        outs = [r.quantize_flat(parts[:, g], valid, active, n, return_levels) for g, r in enumerate(self.residuals)]
+        outs = [r.quantize_flat(parts[:, g], valid, active, n, return_levels, freeze_codebook)
+                for g, r in enumerate(self.residuals)]
         out = torch.cat([o.out for o in outs], dim=-1)
         indices = torch.stack([o.indices for o in outs], dim=1)  # (N, G, n)
         partials = torch.cat([o.partials for o in outs], dim=-1) if return_levels else None
         if bad is not None:
-            out, indices = _nan_rows(out, bad), torch.where(bad[:, None, None], -1, indices)
-            partials = None if partials is None else _nan_rows(partials, bad)
+            out, indices = nan_rows(out, bad), torch.where(bad[:, None, None], -1, indices)
+            partials = None if partials is None else nan_rows(partials, bad)
         loss = torch.stack([o.loss for o in outs]).mean()
-        return self._finish(x, lead, ResidualResult(out, indices, loss, _mean_stats([o.stats for o in outs]), partials))
+        return self._finish(x, lead, ResidualResult(out, indices, loss, mean_stats([o.stats for o in outs]), partials))
 
     def decode_codes(self, indices: Tensor) -> Tensor:
         """``(..., G, n)`` -> ``(..., dim)`` channel-last."""
@@ -704,7 +695,7 @@ class ResidualFSQ(_Residual):
         n = self._levels_for_call(num_levels, return_levels)
         flat, valid, lead = flatten_input(self, x, mask, lens)
         z = apply_projection(self.project_in, flat)
-        z, valid, bad = _nonfinite_rows(self.check_finite, z, valid)
+        z, valid, bad = nonfinite_rows(self.check_finite, z, valid)
         active = self._active(lead, flat.device, num_levels)
         with torch.autocast(device_type=x.device.type, enabled=False):
             ct = accumulation_dtype(z.dtype)
@@ -730,7 +721,7 @@ class ResidualFSQ(_Residual):
                 level_stats.append(index_stats(idx.clamp_min(0), (self.codebook_size,), mask=_and(valid, use)))
             outs = [apply_projection(self.project_out, straight_through(bounded, s))
                     for s in (sums if return_levels else sums[-1:])]
-            stats = _mean_stats(level_stats)
+            stats = mean_stats(level_stats)
             with torch.no_grad():
                 err = residual.square().mean(-1)
                 stats["vq_mse"] = err.mean() if valid is None else (err * valid).sum() / valid.sum().clamp_min(1)
@@ -739,9 +730,9 @@ class ResidualFSQ(_Residual):
         stacked = torch.stack(indices, dim=-1)
         if bad is not None:
             stacked = torch.where(bad[:, None], -1, stacked)
-        partials = _nan_rows(torch.stack(outs), bad) if return_levels else None
+        partials = nan_rows(torch.stack(outs), bad) if return_levels else None
         loss = torch.zeros((), dtype=torch.float32, device=x.device)
-        return self._finish(x, lead, ResidualResult(_nan_rows(outs[-1], bad), stacked, loss, stats, partials))
+        return self._finish(x, lead, ResidualResult(nan_rows(outs[-1], bad), stacked, loss, stats, partials))
 
     def decode(self, indices: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """``indices`` of the first ``n`` levels -> exactly the eval-mode ``quantized`` for them (computed in

@@ -28,8 +28,8 @@ from .base import (
     QuantizerOutput,
     Quantizer,
     apply_projection,
-    check_nonfinite,
     flatten_input,
+    nonfinite_rows,
     restore_channel_dim,
 )
 from .registry import register_quantizer
@@ -102,18 +102,6 @@ def _mixed_radix_basis(radices: Sequence[int]) -> list[int]:
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """At least fp32 (fp16/bf16 inputs are bounded, rounded and searched in fp32)."""
     return accumulation_dtype(dtype)
-
-
-def _finite_rows(module: Quantizer, z: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Non-finite input rows of ``z (N, D)``: raise naming ``x`` (``check_finite``, eager), or (check off, or
-    under ``torch.compile``) zero them and return their ``(N,)`` bool map, with ``valid`` updated so they
-    count as padding."""
-    if module.check_finite and not torch.compiler.is_compiling():
-        check_nonfinite("x", z)
-        return z, valid, None
-    finite = torch.isfinite(z).all(-1)
-    z = torch.where(finite[:, None], z, z.new_zeros(()))
-    return z, finite if valid is None else valid & finite, ~finite
 
 
 def _flat_mask(mask: Tensor | None, like: Tensor) -> Tensor | None:
@@ -281,7 +269,7 @@ class FSQ(Quantizer):
         ``stats`` (FSQ has no loss), and padded positions may hold anything."""
         flat, valid, lead = flatten_input(self, x, mask, lens)
         z = apply_projection(self.project_in, flat)
-        z, valid, bad = _finite_rows(self, z, valid)
+        z, valid, bad = nonfinite_rows(self.check_finite, z, valid)
         with torch.autocast(device_type=x.device.type, enabled=False):
             codes, digits = self.quantize_latents(z)
             indices = (digits * self._basis).sum(-1)  # (N, G), int64, exact
@@ -475,7 +463,7 @@ class LatentQuantizer(Quantizer):
     def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None) -> QuantizerOutput:
         """Quantize ``x``; see the class docstring for shapes."""
         flat, valid, lead = flatten_input(self, x, mask, lens)
-        z, valid, bad = _finite_rows(self, flat, valid)
+        z, valid, bad = nonfinite_rows(self.check_finite, flat, valid)
         with torch.autocast(device_type=x.device.type, enabled=False):
             ct = _compute_dtype(z.dtype)
             z = z.to(ct)

@@ -15,9 +15,13 @@ Maintenance (k-means init, alternating steps, dead-code replacement, EMA and run
 modifies a tensor an autograd graph holds: every call's output and gradients are exact for the codebook
 that call used, so one quantizer can be called several times before one backward (views of a batch,
 chunks, scales of a multi-scale tokenizer, shared residual levels), under gradient accumulation and
-under activation checkpointing (``torch.utils.checkpoint``: maintenance runs once per training forward,
-the recomputation reuses the original call's assignment). In the steady state (after the k-means
-initializing step) the training forward is shape-static graph code without host syncs when compiled.
+under activation checkpointing (``torch.utils.checkpoint``: maintenance runs once per training forward; the
+recomputation replays the original call's assignment and codebook state and continues the RNG as after
+it, so random ops after the quantizer in the same region see the same numbers). In the steady state
+(after the k-means initializing step) the training forward is shape-static graph code when compiled
+(``fullgraph=True``). Not supported: a *compiled* region that also checkpoints a training-mode quantizer
+(the compiled recomputation cannot be told apart from a new call, so maintenance would run again):
+checkpoint outside the compiled quantizer, or compile with maintenance off (eval, ``freeze_codebook``).
 """
 
 from __future__ import annotations
@@ -31,9 +35,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import distributed as dist_utils
-from ..codebooks import CodebookSpec, EMACodebook, RunningAffineCodebook, assignment_sums, codebook_spec
+from ..codebooks import (
+    CodebookSpec,
+    EMACodebook,
+    RunningAffineCodebook,
+    assignment_sums,
+    codebook_spec,
+    keep_fp32_statistics,
+)
 from ..dtypes import accumulation_dtype
-from ..estimators import ESTIMATORS, rotation_trick, straight_through, straight_through_with_loss
+from ..estimators import ESTIMATORS, estimate, straight_through_with_loss
 from ..losses import orthogonal_loss, soft_assignment_entropy, vq_loss
 from ..maintenance import gather_embeddings, kmeans, replacement_candidates, shared_generator
 from ..metrics import code_counts, perplexity, usage
@@ -46,6 +57,9 @@ from .base import (
     apply_projection,
     check_nonfinite,
     flatten_input,
+    mean_stats,
+    nan_rows,
+    nonfinite_rows,
     restore_channel_dim,
 )
 from .registry import register_preset, register_quantizer
@@ -85,8 +99,9 @@ USAGE_EMA_DECAY = 0.8
 #: most codes re-seeded in one step (the candidates drawn per step; more dead codes wait a step).
 MAX_REPLACEMENTS_PER_STEP = 4096
 
-#: training calls remembered for activation-checkpoint recomputation.
-_RECORDS = 8
+#: training calls inside checkpointed regions remembered for their recomputation (e.g. the levels of a
+#: shared-codebook residual quantizer, the scales of a multi-scale tokenizer).
+_RECORDS = 64
 
 
 class VQResult(NamedTuple):
@@ -105,12 +120,14 @@ class VQResult(NamedTuple):
 
 
 class _Record(NamedTuple):
-    """What a training call leaves for its recomputation under activation checkpointing."""
+    """What a training call inside a checkpointed region leaves for its recomputation: the input's
+    fingerprint, the assignment, the codebook state it used, and the RNG state after its random draws."""
 
     shape: torch.Size
     fingerprint: Tensor
     indices: Tensor
-    version: int
+    state: dict[str, Tensor]
+    rng: tuple[Tensor, Tensor | None]
 
 
 def _in_backward() -> bool:
@@ -118,23 +135,53 @@ def _in_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
+def _in_checkpointed_forward() -> bool:
+    """True in the first forward of a ``torch.utils.checkpoint`` region: reentrant checkpointing runs it under
+    ``no_grad``, non-reentrant checkpointing with saved-tensor hooks installed."""
+    if not torch.is_grad_enabled():
+        return True
+    try:
+        return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+    except (AttributeError, TypeError):  # pragma: no cover - other torch versions: record always
+        return True
+
+
 def _fingerprint(z: Tensor) -> Tensor:
-    """Two fp64 sums that tell a recomputed input from another call's input of the same shape."""
-    return torch.stack([z.sum(dtype=torch.float64), z[:, 0].sum(dtype=torch.float64)])
+    """Order-sensitive fp64 fingerprint of ``z (N, D)``: tells a recomputed input from another call's input
+    of the same shape (also a permutation of it). One pass over ``z``."""
+    n, d = z.shape
+    mix = torch.linspace(1.0, 2.0, d, dtype=z.dtype, device=z.device)
+    ramp = torch.arange(1, n + 1, dtype=torch.float64, device=z.device)
+    rows = z @ mix
+    return torch.stack([rows.sum(dtype=torch.float64), (rows.double() * ramp).sum()])
 
 
-def _estimate(estimator: str, z: Tensor, codes: Tensor, nu: float) -> Tensor:
-    if estimator == "rotation":
-        return rotation_trick(z, codes, nu)
-    return straight_through(z, codes, nu)
+class _ValueOf(torch.autograd.Function):
+    """``value`` in the forward (bit-exact), the identity gradient to ``param`` in the backward: a parameter as
+    it was at an earlier call (``p + sg(p_then - p)`` without the rounding of the sum)."""
+
+    @staticmethod
+    def forward(param: Tensor, value: Tensor) -> Tensor:
+        return value.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None
 
 
-def _mean_stats(stats: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    return {k: torch.stack([s[k] for s in stats]).mean() for k in stats[0]}
+def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
 
 
-def _nan_rows(out: Tensor, bad: Tensor | None) -> Tensor:
-    return out if bad is None else torch.where(bad[:, None], torch.full_like(out[:1], float("nan")), out)
+def _set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 @register_quantizer("vq", example=dict(codebook_size=16))
@@ -146,7 +193,7 @@ class VectorQuantizer(Quantizer):
         codebook_size: number of codes K.
         codebook: the codebook parameterization: ``"affine"`` (learned shared scale / shift, the paper's
             re-parameterization; :class:`~vqkit.codebooks.Affine` with ``lr=10``), ``"running_affine"``,
-            ``"plain"``, ``"ema"`` (no gradient; VQ-VAE-2 / SoundStream), or a spec from
+            ``"plain"``, ``"ema"`` (no gradient; VQ-VAE-2 / SoundStream), ``"linear"`` (SimVQ), or a spec from
             :mod:`vqkit.codebooks` with its own settings, e.g. ``Affine(lr=2.0, groups=4)``, ``EMA(0.8)``.
         codebook_dim: code dimension D; when it differs from ``dim`` the input is projected in and the
             output projected back with learned linear maps.
@@ -154,7 +201,8 @@ class VectorQuantizer(Quantizer):
             is the unit-norm code).
         commitment_weight: weight of ``mean((z - sg(c))^2)`` (pulls the encoder to its codes).
         codebook_weight: weight of ``mean((sg(z) - c)^2)`` (pulls codes to the encoder). The default
-            ``(0.05, 0.95)`` is the paper's ``beta = 0.95``; the classic VQ-VAE is ``(0.25, 1.0)``.
+            ``(0.05, 0.95)`` is the paper's ``beta = 0.95``; the classic VQ-VAE is ``(0.25, 1.0)``. Default
+            0.95 (0 for an EMA codebook, which takes no gradient: another value is an error).
         sync_nu: synchronized update weight: the task gradient reaches the selected codes times ``nu``.
             Default 1.0 (0.0 for an EMA codebook, which takes no gradient).
         alternating_steps: inner codebook steps taken before the output is formed (training only).
@@ -177,7 +225,8 @@ class VectorQuantizer(Quantizer):
             straight-through output) instead of taking the nearest code; eval always takes the nearest.
             The drawn codes are the call's assignment everywhere (alternating steps, counts, records).
         orthogonal_weight: weight of the orthogonal codebook regularizer (ViT-VQGAN): the mean squared
-            cosine similarity between codes, :func:`vqkit.losses.orthogonal_loss`; added to ``loss``.
+            cosine similarity between codes, :func:`vqkit.losses.orthogonal_loss`; added to ``loss`` (needs a
+            codebook trained by gradient).
         diversity_weight: weight of the codebook diversity regularizer ``log K - H(p_bar)``, the entropy gap
             of the batch-averaged soft assignment ``p_bar = mean_i softmax(-distance_i / diversity_temperature)``
             (:func:`vqkit.losses.soft_assignment_entropy`; exact, in row chunks); added to ``loss``.
@@ -211,7 +260,7 @@ class VectorQuantizer(Quantizer):
         codebook_dim: int | None = None,
         metric: str = "euclidean",
         commitment_weight: float = 0.05,
-        codebook_weight: float = 0.95,
+        codebook_weight: float | None = None,
         sync_nu: float | None = None,
         alternating_steps: int | None = None,
         alternating_lr: float | None = None,
@@ -264,7 +313,13 @@ class VectorQuantizer(Quantizer):
         reassign = False if alternating_reassign is None else check_bool("alternating_reassign", alternating_reassign)
         kmeans_iters = 10 if kmeans_iters is None else check_int("kmeans_iters", kmeans_iters, 0)
         self.commitment_weight = check_float("commitment_weight", commitment_weight, low=0.0)
+        if codebook_weight is None:
+            codebook_weight = 0.95 if gradient else 0.0
         self.codebook_weight = check_float("codebook_weight", codebook_weight, low=0.0)
+        for name, value in (("codebook_weight", self.codebook_weight), ("orthogonal_weight", orthogonal_weight)):
+            if value and not gradient:
+                raise ValueError(f"{name}: a loss on the codes needs a codebook trained by gradient; the "
+                                 f"{spec.kind!r} codebook takes none (got {name}={value})")
         check_bool("kmeans_init", kmeans_init)
         check_bool("check_finite", check_finite)
         check_int("dead_code_steps", dead_code_steps, 0)
@@ -298,7 +353,6 @@ class VectorQuantizer(Quantizer):
         if self.dead_code_threshold > 0:  # inf = not yet observed (the first call's counts are copied)
             self.register_buffer("usage_ema", torch.full((codebook_size,), float("inf")))
         self._needs_init = self.kmeans_init
-        self._version = 0
         self._records: collections.deque[_Record] = collections.deque(maxlen=_RECORDS)
         self.register_load_state_dict_post_hook(_after_load)
 
@@ -311,10 +365,9 @@ class VectorQuantizer(Quantizer):
                 + f"estimator={self.estimator!r}")
 
     def _apply(self, fn, recurse: bool = True):
+        before = {"usage_ema": self._buffers.get("usage_ema")}  # a running count: keeps its fp32 values
         super()._apply(fn, recurse)
-        usage_ema = self._buffers.get("usage_ema")  # a running count: stays >= fp32
-        if usage_ema is not None and usage_ema.dtype not in (torch.float32, torch.float64):
-            self._buffers["usage_ema"] = usage_ema.float()
+        keep_fp32_statistics(self, before)
         return self
 
     # ------------------------------------------------------------------------------------------
@@ -359,11 +412,13 @@ class VectorQuantizer(Quantizer):
         """Run the k-means init now on ``x`` (the input of a forward), e.g. before compiling the training
         step with ``fullgraph=True`` (the init itself is data-dependent and runs eagerly)."""
         flat, valid, _ = flatten_input(self, x, mask)
+        check_nonfinite("x", flat)
         with torch.no_grad():
             z = self._project_in(flat)
             if self.metric == "cosine":
                 z = F.normalize(z, dim=-1)
             self._kmeans_init(z.detach(), None if valid is None else valid.to(accumulation_dtype(z)))
+        self._records.clear()
 
     def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None,
                 freeze_codebook: bool | None = None) -> QuantizerOutput:
@@ -378,8 +433,8 @@ class VectorQuantizer(Quantizer):
             out = res.codes
         else:
             res = self.quantize_vectors(z, valid, freeze=freeze_codebook)
-            out = _estimate(self.estimator, z, res.codes, self.sync_nu)
-        out = _nan_rows(self._project_out(out), res.bad)
+            out = estimate(self.estimator, z, res.codes, self.sync_nu)
+        out = nan_rows(self._project_out(out), res.bad)
         quantized = restore_channel_dim(out.to(x.dtype).reshape(*lead, self.dim), self.channel_dim)
         return QuantizerOutput(quantized, res.indices.reshape(lead), res.loss, res.stats)
 
@@ -400,7 +455,7 @@ class VectorQuantizer(Quantizer):
         return bool(requires) and not any(requires)
 
     def quantize_vectors(self, z: Tensor, valid: Tensor | None = None, output_nu: float | None = None,
-                         freeze: bool | None = None) -> VQResult:
+                         freeze: bool | None = None, checked: bool = False) -> VQResult:
         """Assign ``z (N, codebook_dim)`` to codes, maintaining the codebook in training.
 
         Args:
@@ -409,19 +464,15 @@ class VectorQuantizer(Quantizer):
             output_nu: if given, ``codes`` of the result is already the (synchronized, with this ``nu``)
                 straight-through output, computed with the loss in one fused op.
             freeze: leave the codebook alone this call (see ``freeze_codebook``); None = the module's setting.
+            checked: the caller already applied the non-finite rule to ``z`` (a residual level): skip it.
         Returns:
             :class:`VQResult`; ``codes`` are the selected codes (not yet passed through an estimator,
             unless ``output_nu`` is given).
         """
         compiling = torch.compiler.is_compiling()
         bad = None
-        if self.check_finite and not compiling:
-            check_nonfinite("x", z)
-        else:  # sync-free: non-finite rows become padding and come back as NaN with index -1
-            finite = torch.isfinite(z).all(-1)
-            bad = ~finite
-            valid = finite if valid is None else valid & finite
-            z = torch.where(finite[:, None], z, z.new_zeros(()))
+        if not checked:
+            z, valid, bad = nonfinite_rows(self.check_finite, z, valid)
         zd = z.detach()
         acc = accumulation_dtype(zd)
         weight = None if valid is None else valid.to(acc)
@@ -430,28 +481,28 @@ class VectorQuantizer(Quantizer):
         maintains = training and not frozen
         replayed = None
         if maintains and not compiling and _in_backward():
-            replayed = self._replay(zd)  # activation checkpointing recomputes this call: no maintenance
-        elif maintains:
-            self._maintain(zd, weight, compiling)
-
+            # activation checkpointing recomputes a call: its recorded assignment and codebook (or, for a call
+            # that changed nothing, a plain recomputation); never maintenance again
+            replayed = self._replay(zd)
+            maintains = False
         if replayed is not None:
-            indices = replayed
+            indices, codes = replayed
         else:
-            with torch.no_grad():
-                search_codes = self.effective_codes(training)
-                if training and self.sampling_temperature > 0:
-                    indices = sample_code(zd, search_codes, self.sampling_temperature, self.metric,
-                                          memory_budget=self.memory_budget)
-                else:
-                    indices = self.search(zd, search_codes).indices
+            if maintains:
+                self._maintain(zd, weight, compiling)
             if maintains and self.alternating_steps > 0:
+                with torch.no_grad():
+                    indices = self._assign(zd, self.effective_codes(True), training)
                 for step in range(self.alternating_steps):
                     counts, sums = assignment_sums(zd, indices, weight, self.codebook_size)
                     self.codes.alternating_step_(counts, sums, self.alternating_lr)
                     if step < self.alternating_steps - 1 or self.alternating_reassign:
                         with torch.no_grad():
-                            indices = self.search(zd, self.effective_codes(True)).indices
-        codes = self.effective_codes(training)  # a snapshot: later maintenance cannot touch this graph
+                            indices = self._assign(zd, self.effective_codes(True), training)
+                codes = self.effective_codes(True)  # a snapshot: later maintenance cannot touch this graph
+            else:
+                codes = self.effective_codes(maintains)
+                indices = self._assign(zd, codes.detach(), training)
         if frozen:
             codes = codes.detach()
 
@@ -464,8 +515,8 @@ class VectorQuantizer(Quantizer):
 
         if maintains and replayed is None:
             counts = self._bookkeep(zd, indices, weight)
-            if not compiling:
-                self._records.append(_Record(zd.shape, _fingerprint(zd), indices.clone(), self._version))
+            if not compiling and _in_checkpointed_forward():
+                self._record(zd, indices)
         else:
             counts = code_counts(indices, self.codebook_size, valid)
         regularizers = {}
@@ -513,12 +564,10 @@ class VectorQuantizer(Quantizer):
         self.codes.update_statistics_(z, weight)
         if self.dead_code_steps > 0 or self.dead_code_threshold > 0:
             self._replace_dead_codes(z, weight, compiling)
-        if not compiling and self._maintenance_changes_state():
-            self._version += 1
 
     def _maintenance_changes_state(self) -> bool:
-        """Whether a training call can change what the next call computes (then an earlier call's
-        checkpoint recomputation cannot be replayed after it)."""
+        """Whether a training call can change what the next call computes (a recomputation of it then needs
+        its record)."""
         return (self._needs_init or self.alternating_steps > 0 or self.dead_code_steps > 0
                 or self.dead_code_threshold > 0 or isinstance(self.codes, (EMACodebook, RunningAffineCodebook)))
 
@@ -569,29 +618,47 @@ class VectorQuantizer(Quantizer):
             ema.copy_(torch.where(ema.isinf(), c, ema.lerp(c, 1.0 - USAGE_EMA_DECAY)))
         return counts
 
-    def _replay(self, z: Tensor) -> Tensor:
-        """The assignment of the training call that activation checkpointing is recomputing now."""
+    def _assign(self, z: Tensor, codes: Tensor, training: bool) -> Tensor:
+        """Indices of ``z`` on ``codes`` (detached): a Gumbel draw in training with ``sampling_temperature``,
+        else the nearest code."""
+        if training and self.sampling_temperature > 0:
+            return sample_code(z, codes, self.sampling_temperature, self.metric, memory_budget=self.memory_budget)
+        return self.search(z, codes).indices
+
+    def _record(self, z: Tensor, indices: Tensor) -> None:
+        state = {name: t.detach().clone() for name, t in self.codes.state_dict(keep_vars=True).items()}
+        self._records.append(_Record(z.shape, _fingerprint(z), indices.clone(), state, _rng_state(z.device)))
+
+    def _replay(self, z: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(indices, codes)`` of the training call that activation checkpointing recomputes now: the
+        recorded assignment and the codebook state that call used, as a function of the current parameters
+        (``p + sg(p_then - p)``: the value then, the gradient to ``p``); the RNG continues as after that call.
+        None when the call left no record and nothing it used can have changed (no maintenance)."""
         fp = _fingerprint(z)
-        for rec in reversed(self._records):
-            if rec.shape == z.shape and torch.allclose(rec.fingerprint, fp, rtol=1e-6, atol=1e-9):
-                if rec.version != self._version:
-                    raise RuntimeError(
-                        "VectorQuantizer: activation checkpointing recomputes a call after this quantizer has "
-                        "already maintained its codebook again (it was called again in training mode before "
-                        "this backward); the recomputation cannot reproduce the original output. Call the "
-                        "quantizer outside the checkpointed region, or once per backward."
-                    )
-                return rec.indices
-        raise RuntimeError(
-            "VectorQuantizer: a training-mode forward ran inside a backward pass (activation checkpointing "
-            "recomputation) whose input matches none of the last training calls; the recomputed input differs "
-            "from the original (non-deterministic layers before the quantizer?)"
-        )
+        for i in range(len(self._records) - 1, -1, -1):
+            rec = self._records[i]
+            if rec.shape == z.shape and torch.allclose(rec.fingerprint, fp, rtol=1e-6, atol=0.0):
+                del self._records[i]  # each recomputation replays one call (newest first: backward order)
+                params = dict(self.codes.named_parameters())
+                state = {name: _ValueOf.apply(params[name], t) if name in params else t
+                         for name, t in rec.state.items()}
+                codes = torch.func.functional_call(self.codes, state, (True,))
+                if self.metric == "cosine":
+                    codes = F.normalize(codes, dim=-1)
+                _set_rng_state(rec.rng, z.device)
+                return rec.indices, codes
+        if self._maintenance_changes_state():
+            raise RuntimeError(
+                "VectorQuantizer: a training-mode forward ran inside a backward pass (an activation-checkpoint "
+                "recomputation) whose input matches none of the recorded training calls; the recomputed input "
+                "differs from the original (non-deterministic layers before the quantizer?)"
+            )
+        return None
 
 
 def _after_load(module: VectorQuantizer, incompatible_keys) -> None:
     module._needs_init = not bool(module.initialized)
-    module._version += 1  # recomputations of calls before the load cannot be replayed
+    module._records.clear()  # recomputations of calls before the load cannot be replayed
 
 
 @register_quantizer("grouped_vq", example=dict(codebook_size=8, groups=2))
@@ -630,30 +697,26 @@ class GroupedVectorQuantizer(Quantizer):
         """``(G or 1, K, dim / G)`` effective codebooks."""
         return torch.stack([q.codebook for q in self.quantizers])
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None) -> QuantizerOutput:
+    def forward(self, x: Tensor, mask: Tensor | None = None, *, lens: Tensor | None = None,
+                freeze_codebook: bool | None = None) -> QuantizerOutput:
         flat, valid, lead = flatten_input(self, x, mask, lens)
-        bad = None
-        if not (self.quantizers[0].check_finite and not torch.compiler.is_compiling()):
-            # a position with a non-finite entry in any group is padding in every group (NaN out, index -1)
-            finite = torch.isfinite(flat).all(-1)
-            bad = ~finite
-            valid = finite if valid is None else valid & finite
-            flat = torch.where(finite[:, None], flat, flat.new_zeros(()))
+        # a position with a non-finite entry in any group is padding in every group (NaN out, index -1)
+        flat, valid, bad = nonfinite_rows(self.quantizers[0].check_finite, flat, valid)
         part = self.dim // self.groups
         parts = flat.view(-1, self.groups, part)
         if self.shared_codebook:
             v = None if valid is None else valid.repeat_interleave(self.groups)
-            out = self.quantizers[0](parts.reshape(-1, part), v)
+            out = self.quantizers[0](parts.reshape(-1, part), v, freeze_codebook=freeze_codebook)
             quantized, loss, stats = out.quantized.reshape(-1, self.dim), out.loss, out.stats
             indices = out.indices.reshape(*lead, self.groups)
         else:
-            outs = [vq(parts[:, g], valid) for g, vq in enumerate(self.quantizers)]
+            outs = [vq(parts[:, g], valid, freeze_codebook=freeze_codebook) for g, vq in enumerate(self.quantizers)]
             quantized = torch.cat([o.quantized for o in outs], dim=-1)
             indices = torch.stack([o.indices for o in outs], dim=-1).reshape(*lead, self.groups)
             loss = torch.stack([o.loss for o in outs]).mean()
-            stats = _mean_stats([o.stats for o in outs])
+            stats = mean_stats([o.stats for o in outs])
         if bad is not None:
-            quantized = _nan_rows(quantized.reshape(-1, self.dim), bad)
+            quantized = nan_rows(quantized.reshape(-1, self.dim), bad)
             indices = torch.where(bad.reshape(*lead, 1), -1, indices)
         quantized = restore_channel_dim(quantized.to(x.dtype).reshape(*lead, self.dim), self.channel_dim)
         return QuantizerOutput(quantized, indices, loss, stats)
