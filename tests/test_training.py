@@ -364,7 +364,7 @@ def test_one_seed_limited_eval_and_missing_peer_are_reported(tmp_path, monkeypat
     assert "the first 50 of the 360 test images (data.eval_limit = 50)" in text and "full test split" not in text
     assert "| vector-quantize-pytorch" in text and "not run: vector-quantize-pytorch is not installed" in text
     assert "not run: vector-quantize-pytorch is not installed" in err
-    assert "[1/2] plain seed 0: training (4 steps)" in err and "[2/2] fsq seed 0" in err
+    assert "[1/2] plain seed 0: training to 4 steps" in err and "[2/2] fsq seed 0" in err
     assert "writing ablation.md, ablation.json and the curves" in err
     assert titles and all("+-" not in t and "±" not in t and "one seed" in t for t in titles)
     data = json.loads((tmp_path / "ab/ablation.json").read_text())

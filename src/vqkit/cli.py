@@ -4,8 +4,9 @@
 
     vqkit train  [--recipe NAME|FILE] [--out DIR] [--set key=value ...] [--resume] [--threads N|auto]
     vqkit report RUN_DIR [--threads N|auto]
-    vqkit ablate [--recipe NAME|FILE | --dataset NAME --model KIND] [--seeds 0 1 2] [--rungs ...]
-                 [--fix key=value ...] [--set key=value ...] [--out DIR] [--threads N|auto]
+    vqkit ablate [--recipe NAME|FILE | --dataset NAME --model KIND] [--seeds 0 1 2]
+                 [--rungs ... | --table NAME] [--sweep key=v1,v2 ...] [--row 'name: key=value; ...' ...]
+                 [--vary key=v1,v2 ...] [--fix key=value ...] [--set key=value ...] [--out DIR] [--threads N|auto]
     vqkit recipes [NAME]
     vqkit bench ...          (the benchmark suite, :mod:`vqkit.bench`; ``vqkit bench --help``)
     vqkit --version
@@ -77,15 +78,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     _add_threads(p)
 
-    p = sub.add_parser("ablate", help="run the paper's ladder over several seeds and write one table",
-                       description="Train every rung of the ladder (plain STE, + k-means, + sync, + affine, "
-                       "+ alternating, + replacement, and EMA / rotation / FSQ / vector-quantize-pytorch for "
-                       "comparison) with the same data, model, seeds and budget.")
+    p = sub.add_parser("ablate", help="train a table of configurations over seeds (ladder, rungs, sweeps, varied values)",
+                       description="Train every row of a table with the same data, model, seeds and budget and write "
+                       "one table (held-out usage, perplexity, MSE or accuracy, the lowest training usage after the "
+                       "init, wall time; mean ± std over seeds). Rows: --rungs / --table (default: the ladder of "
+                       "Huh et al. 2023 with EMA / rotation / FSQ / vector-quantize-pytorch for comparison), a "
+                       "one-factor-at-a-time --sweep around the base recipe, and --row override sets; --vary trains "
+                       "every row for every combination of recipe values. Finished runs in --out are reused, "
+                       "interrupted ones resume; several processes running the same command share the runs.")
     p.add_argument("--recipe", help="base recipe (name or .toml); default: built-in <dataset>-<model>")
     p.add_argument("--dataset", help="dataset of the built-in base recipe (digits, fashion-mnist, mnist, cifar10)")
     p.add_argument("--model", help="model of the built-in base recipe (vqvae, alexnet, resnet18, vit)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--rungs", nargs="+", help="subset of rungs (default: all; peer only if installed)")
+    p.add_argument("--rungs", nargs="+", help="rows by rung name (vqkit.training.RUNGS; peer needs its package)")
+    p.add_argument("--table", help="a named row set (vqkit.training.TABLES, e.g. ladder)")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="one-factor-at-a-time sweep around the base recipe: a 'base' row plus one row per value, e.g. "
+                        "--sweep quantizer.dead_code_steps=1,5,20 --sweep 'quantizer.codebook={kind=\"affine\", lr=1},"
+                        "{kind=\"affine\", lr=100}' (commas inside braces, brackets and quotes do not split)")
+    p.add_argument("--row", dest="rows", action="append", default=[], metavar="'NAME: KEY=VALUE; ...'",
+                   help="a row of explicit overrides of the base recipe, e.g. --row 'fast: quantizer.dead_code_steps=1; "
+                        "quantizer.dead_code_threshold=2'")
+    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="train every row for every combination of these recipe values, e.g. --vary "
+                        "quantizer.codebook_size=512,1024 --vary steps=600,3000 (step budgets share one run each: "
+                        "the shorter ones are read from the longer run)")
     p.add_argument("--fix", dest="fixes", action="append", default=[], metavar="KEY=VALUE",
                    help="explicit VectorQuantizer argument for the vqkit rungs using that fix, e.g. --fix alternating_lr=0.5")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -149,6 +166,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from .training import apply_overrides, get_preset, load_recipe, run_ablation
+    from .training.ablate import parse_axis, parse_row
     from .training.recipe import parse_arg_value, parse_overrides
 
     if args.recipe is not None:
@@ -160,12 +178,31 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         base = get_preset(f"{dataset}-{model}")
     base = apply_overrides(base, args.overrides)
     fixes = {k: parse_arg_value(v) for k, v in parse_overrides(args.fixes)}
+    vary = _axes(args.vary, "--vary", parse_axis)
+    sweep = _axes(args.sweep, "--sweep", parse_axis)
+    rows: dict[str, list[tuple[str, str]]] = {}
+    for item in args.rows:
+        name, pairs = parse_row(item)
+        if name in rows:
+            raise ValueError(f"--row: two rows are named {name!r}")
+        rows[name] = pairs
     print(f"vqkit: {_set_threads(args)}", file=sys.stderr)
     out = args.out or _default_out("ablate-")
-    command = "vqkit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["ablate"] else ""
-    path = run_ablation(base, out, seeds=args.seeds, rungs=args.rungs, fixes=fixes, command=command)
+    command = "vqkit " + " ".join(shlex.quote(a) for a in args.argv) if getattr(args, "argv", None) else ""
+    path = run_ablation(base, out, seeds=args.seeds, rungs=args.rungs, fixes=fixes, command=command,
+                        table=args.table, vary=vary, sweep=sweep, rows=rows)
     print(f"wrote {path}")
     return 0
+
+
+def _axes(items: list[str], option: str, parse) -> dict[str, list[str]]:
+    axes: dict[str, list[str]] = {}
+    for item in items:
+        key, values = parse(item, option)
+        if key in axes:
+            raise ValueError(f"{option}: {key} given twice; list all its values in one {option} {key}=v1,v2,...")
+        axes[key] = values
+    return axes
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
@@ -198,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # everything after `bench` belongs to the benchmark suite's own parser
         return _cmd_bench(argparse.Namespace(command="bench", bench_args=argv[1:]))
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line as given, recorded in ablation tables
     handler = {"train": _cmd_train, "report": _cmd_report, "ablate": _cmd_ablate, "recipes": _cmd_recipes,
                "bench": _cmd_bench}
     try:

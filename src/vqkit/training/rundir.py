@@ -11,7 +11,9 @@
     <run>/tensorboard/      with ``log.tensorboard = true``
 
 An ablation directory holds ``ablation.md``, ``ablation.json``, ``curves_<metric>.png`` and one run
-directory per configuration and seed, ``<rung>/seed<k>``.
+directory per configuration and seed, ``<rung>/seed<k>`` (``<variant>/<rung>/seed<k>`` when recipe values are
+varied); a run directory of an ablation also keeps ``budgets.json`` (the held-out metrics and wall time at each
+step budget it was evaluated for) and, beside it, ``seed<k>.lock`` while a process trains it.
 
 Every other module asks :class:`RunDir` (or the constants here) for a path; no file name is spelled
 anywhere else.
@@ -39,12 +41,14 @@ __all__ = [
     "RNG_FILE",
     "ABLATION_TABLE_FILE",
     "ABLATION_JSON_FILE",
+    "BUDGETS_FILE",
     "TMP_PREFIX",
     "OLD_PREFIX",
     "CORRUPT_PREFIX",
     "checkpoint_name",
     "checkpoint_step",
     "ablation_run_dir",
+    "run_lock_file",
     "curves_file",
 ]
 
@@ -62,6 +66,7 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
 ABLATION_TABLE_FILE = "ablation.md"
 ABLATION_JSON_FILE = "ablation.json"
+BUDGETS_FILE = "budgets.json"
 
 # prefixes inside checkpoints/: a checkpoint being written, one being replaced, one set aside as corrupt
 TMP_PREFIX = ".tmp-"
@@ -82,14 +87,22 @@ def checkpoint_step(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def ablation_run_dir(out: str | Path, rung: str, seed: int) -> Path:
-    """The run directory of one (rung, seed) of an ablation in ``out``."""
-    return Path(out) / rung / f"seed{seed}"
+def ablation_run_dir(out: str | Path, rung: str, seed: int, variant: str = "") -> Path:
+    """The run directory of one (rung, seed) of an ablation in ``out`` (under ``variant/`` when given)."""
+    root = Path(out) / variant if variant else Path(out)
+    return root / rung / f"seed{seed}"
 
 
-def curves_file(out: str | Path, metric: str) -> Path:
-    """The overlaid held-out curves of ``metric`` in an ablation directory."""
-    return Path(out) / f"curves_{metric}.png"
+def run_lock_file(run_dir: str | Path) -> Path:
+    """The lock file a process holds while it trains ``run_dir`` (beside it, so removing an outdated run
+    directory leaves the lock alone)."""
+    run_dir = Path(run_dir)
+    return run_dir.with_name(f"{run_dir.name}.lock")
+
+
+def curves_file(out: str | Path, metric: str, variant: str = "") -> Path:
+    """The overlaid curves of ``metric`` in an ablation directory (one file per variant when given)."""
+    return Path(out) / (f"curves_{variant}_{metric}.png" if variant else f"curves_{metric}.png")
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,10 @@ class RunDir:
     @property
     def summary(self) -> Path:
         return self.root / SUMMARY_FILE
+
+    @property
+    def budgets(self) -> Path:
+        return self.root / BUDGETS_FILE
 
     @property
     def report(self) -> Path:

@@ -109,3 +109,31 @@ LADDER: tuple[Rung, ...] = rung_table("ladder")
 RUNG_NAMES = tuple(RUNGS)
 
 
+
+
+# ----------------------------------------------------------------------------------------------
+# The bar and codebooks that scale (issue 13, sections 1 and 3): each row at the base recipe's codebook size K,
+# with its own defaults (what a user gets from the name and K alone).
+# ----------------------------------------------------------------------------------------------
+
+
+def _at_size(kind: str) -> Callable[[QuantizerConfig, dict[str, Any]], QuantizerConfig]:
+    def make(base: QuantizerConfig, fixes: dict[str, Any]) -> QuantizerConfig:
+        k = _codebook_size(base)
+        if kind in ("lfq", "bsq") and k & (k - 1):
+            raise RecipeError(f"quantizer.codebook_size: {kind} needs a power of two (log2 K bits), got {k}")
+        return QuantizerConfig(kind, base.loss_weight, {"codebook_size": k})
+
+    return make
+
+
+_SIZED_ROWS: tuple[Rung, ...] = (
+    Rung("simvq", "SimVQ (`simvq`: the linear codebook, vqkit defaults otherwise)", _at_size("simvq")),
+    Rung("lfq", "LFQ (log2 K bits, its defaults)", _at_size("lfq")),
+    Rung("bsq", "BSQ (log2 K bits, its defaults)", _at_size("bsq")),
+)
+
+RUNGS.update({r.key: r for r in _SIZED_ROWS})
+TABLES["bar"] = ("defaults", "peer")
+TABLES["scaling"] = ("defaults", "fsq", "lfq", "bsq", "simvq", "peer")
+RUNG_NAMES = tuple(RUNGS)
