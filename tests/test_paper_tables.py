@@ -49,7 +49,9 @@ def test_paper_table_rows_are_each_technique_alone_over_plain_ste():
 
 def test_vqtorch_rows_and_their_arguments():
     assert TABLES["paper-vqtorch"] == ("vqtorch-base", "vqtorch-affine", "vqtorch-sync", "vqtorch-alternating",
-                                       "vqtorch-replacement", "vqtorch-no-alternating")
+                                       "vqtorch-replacement")
+    assert TABLES["paper-vqtorch-brackets"] == ("vqtorch-no-alternating", "vqtorch-no-affine")
+    assert TABLES["paper-brackets"] == ("paper-no-alternating", "paper-no-affine")
     for key in TABLES["paper-vqtorch"] + TABLES["paper-vqtorch-brackets"]:
         q = _args(key)
         assert q.kind == "vqtorch" and q.args["codebook_size"] == 1024

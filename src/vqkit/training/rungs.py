@@ -168,6 +168,11 @@ _PAPER_ROWS: tuple[Rung, ...] = (
     Rung("paper-base", "plain STE (random init)", _paper_vq()),
     *(Rung(f"paper-{t}", f"+ {_TECHNIQUE_LABELS[t]} alone", _paper_vq(t)) for t in _ALONE),
     Rung("paper-all", "+ all four", _paper_vq(*_ALONE)),
+    # the counterparts of vqtorch's rows with three of the four (its "all four" does not run)
+    Rung("paper-no-alternating", "+ affine, sync, replacement (all but alternating)",
+         _paper_vq("affine", "sync", "replacement")),
+    Rung("paper-no-affine", "+ sync, alternating, replacement (all but affine)",
+         _paper_vq("sync", "alternating", "replacement")),
 )
 
 # vqtorch cannot combine affine_lr with its in-place alternating optimizer (the in-place step runs a
@@ -183,8 +188,9 @@ _VQTORCH_ROWS: tuple[Rung, ...] = (
 )
 
 RUNGS.update({r.key: r for r in (*_PAPER_ROWS, *_VQTORCH_ROWS)})
-TABLES["paper"] = tuple(r.key for r in _PAPER_ROWS)
-TABLES["paper-vqtorch"] = tuple(r.key for r in _VQTORCH_ROWS[:6])  # the rows in the paper's shape
+TABLES["paper"] = tuple(r.key for r in _PAPER_ROWS[:6])
+TABLES["paper-brackets"] = tuple(r.key for r in _PAPER_ROWS[6:])
+TABLES["paper-vqtorch"] = tuple(r.key for r in _VQTORCH_ROWS[:5])  # the paper's shape; "all four" does not run
 TABLES["paper-vqtorch-brackets"] = tuple(r.key for r in _VQTORCH_ROWS[5:])
 
 
