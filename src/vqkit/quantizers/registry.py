@@ -104,6 +104,7 @@ _REGISTRY: dict[str, QuantizerEntry] = {}
 #: optional quantizers: name -> (module path, required package, example); registered on first use
 _OPTIONAL: dict[str, tuple[str, str]] = {
     "vqpytorch": ("vqkit.models.peer", "vector_quantize_pytorch"),  # the peer library, for comparisons
+    "vqtorch": ("vqkit.models.vqtorch_adapter", "vqtorch"),  # the paper's own library (not on PyPI)
 }
 
 

@@ -22,7 +22,7 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from .evaluate import EvalResult, evaluate
+from .evaluate import EvalResult, evaluate, evaluate_levels
 from .logging import MetricLogger, MetricsFileError, read_metrics
 from .presets import preset_names
 from .recipe import (
@@ -64,6 +64,7 @@ __all__ = [
     "build_from_recipe",
     "load_datasets",
     "evaluate",
+    "evaluate_levels",
     "EvalResult",
     "save_checkpoint",
     "load_checkpoint",

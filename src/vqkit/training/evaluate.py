@@ -3,11 +3,16 @@ over a whole split (not per batch), sharded over ranks and summed with all-reduc
 
 Code usage follows the quantizer's :attr:`~vqkit.quantizers.base.Quantizer.index_layout` (codes per
 index column, shared or not); :class:`CodeCounter` accumulates it batch by batch.
+
+Residual quantizers (``forward(..., num_levels=n)``) can be evaluated with their first ``n`` levels only
+(``evaluate(..., num_levels=n)``; :func:`evaluate_levels` does ``n = 1 .. L``): the bitrate ladder of one
+model trained with quantize dropout.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +24,7 @@ from ..data import ImageDataset
 from ..metrics import MAX_HISTOGRAM_CODES, distinct_counts, perplexity
 from ..quantizers.base import IndexLayout
 
-__all__ = ["CodeCounter", "evaluate", "EvalResult"]
+__all__ = ["CodeCounter", "evaluate", "evaluate_levels", "EvalResult"]
 
 
 class CodeCounter:
@@ -89,6 +94,7 @@ def evaluate(
     limit: int = 0,
     bf16: bool = False,
     distributed: bool = True,
+    num_levels: int | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` (unwrapped, put in eval mode for the call) on ``dataset``.
 
@@ -104,13 +110,20 @@ def evaluate(
         bf16: run the forward under bfloat16 autocast.
         distributed: shard over ranks when a process group is initialized (every rank must call);
             False evaluates the whole split in this process only, without collectives.
+        num_levels: call the quantizer with ``num_levels=n`` (a residual quantizer then uses its first ``n``
+            levels; usage and perplexity count those levels' codes); None = the quantizer as trained.
     """
     device = torch.device(device)
     n = len(dataset) if limit <= 0 else min(limit, len(dataset))
     sharded = distributed and dist_utils.is_distributed()
     rank, world = (dist_utils.rank(), dist_utils.world_size()) if sharded else (0, 1)
     lo, hi = n * rank // world, n * (rank + 1) // world
-    counter = CodeCounter(model.quantizer.index_layout, device) if hasattr(model.quantizer, "index_layout") else None
+    layout = getattr(model.quantizer, "index_layout", None)
+    levels_hook = None
+    if num_levels is not None:
+        levels_hook = _call_with_levels(model.quantizer, num_levels)
+        layout = None if layout is None else _first_levels(layout, num_levels)
+    counter = CodeCounter(layout, device) if layout is not None else None
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # task sum, quantizer loss sum, items, examples
     was_training = model.training
     model.eval()
@@ -134,6 +147,8 @@ def evaluate(
                 counter.add(out.quant.indices)
     finally:
         model.train(was_training)
+        if levels_hook is not None:
+            levels_hook.remove()
     if sharded:
         dist_utils.all_reduce_sum_(sums)
     task_name = "mse" if model.task == "reconstruction" else "accuracy"
@@ -144,3 +159,34 @@ def evaluate(
         metrics["usage"], metrics["perplexity"] = counter.result(sharded)
         counts = None if counter.counts is None else counter.counts.cpu()
     return EvalResult(metrics, counts)
+
+
+def _call_with_levels(quantizer: nn.Module, n: int) -> torch.utils.hooks.RemovableHandle:
+    """A forward pre-hook that adds ``num_levels=n`` to every call of ``quantizer`` (remove it after use)."""
+    if "num_levels" not in inspect.signature(quantizer.forward).parameters:
+        raise ValueError(f"num_levels: {type(quantizer).__name__} has no levels (only residual quantizers take "
+                         f"num_levels)")
+    total = getattr(quantizer, "num_levels", None)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= (total or n):
+        raise ValueError(f"num_levels: expected an int in [1, {total}], got {n!r}")
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return args, {**kwargs, "num_levels": n}
+
+    return quantizer.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _first_levels(layout: IndexLayout, n: int) -> IndexLayout:
+    """The layout of the indices of the first ``n`` levels (the last trailing axis)."""
+    sizes = torch.tensor(layout.sizes).reshape(layout.trailing)[..., :n]
+    return IndexLayout((*layout.trailing[:-1], n), tuple(sizes.reshape(-1).tolist()), layout.shared)
+
+
+def evaluate_levels(model: nn.Module, dataset: ImageDataset, **kwargs) -> list[EvalResult]:
+    """:func:`evaluate` with the first ``n = 1 .. L`` levels of ``model.quantizer`` (a residual quantizer
+    with ``num_levels = L``); entry ``n - 1`` is the result at ``n`` levels. ``kwargs`` go to :func:`evaluate`."""
+    total = getattr(model.quantizer, "num_levels", None)
+    if not isinstance(total, int):
+        raise ValueError(f"evaluate_levels: {type(model.quantizer).__name__} has no num_levels (not a residual "
+                         f"quantizer)")
+    return [evaluate(model, dataset, num_levels=n, **kwargs) for n in range(1, total + 1)]
