@@ -123,6 +123,7 @@ def test_encode_decode_prior_sample_report(tmp_path, tokenizer_run, capsys):
     (["prior", "--out", "x"], "--tokenizer: give the run directory of the tokenizer"),
     (["prior", "--tokenizer", "nowhere", "--out", "x"], "--tokenizer: nowhere does not exist"),
     (["prior", "--tokenizer", "nowhere", "--set", "prior.width=3"], "prior.width: unknown key for prior kind 'maskgit'"),
+    (["prior", "--tokenizer", "nowhere", "--set", "prior.heads=3"], "prior.heads: expected a divisor of dim=128, got 3"),
     (["prior", "--recipe", "gan"], "unknown built-in prior recipe 'gan'; built-in prior recipes: maskgit, autoregressive"),
     (["sample", "nowhere", "--out", "x.png"], "not a prior run directory"),
     (["genablate", "--rows", "nope"], "--rows: unknown row(s) nope"),

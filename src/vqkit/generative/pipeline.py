@@ -47,7 +47,7 @@ from .features import load_or_train_feature_net
 from .images import sample_images, save_image_grid
 from .layout import TokenSpec
 from .quality import sample_quality
-from .recipe import PriorRecipe, prior_recipe_to_toml, read_prior_recipe_file
+from .recipe import PriorRecipe, check_prior_values, prior_recipe_to_toml, read_prior_recipe_file
 from .tokens import TokenSet, check_tokenizer, decode_tokens, encode_dataset, load_tokens, save_tokens, tokenizer_fingerprint
 from .trainer import PriorRunResult, read_prior_run, read_summary, train_prior, load_prior
 
@@ -185,15 +185,17 @@ def measure_prior(prior: nn.Module, tokenizer: Tokenizer, spec: TokenSpec, test_
     ``[sample]`` options and a generator seeded by ``sample.seed``.
 
     Returns:
-        ``{"generation": SampleQuality dict, "reconstruction": ..., "feature_net": {...}, "sampling": {...},
-        "reference": {...}, "wall_time_s"}``.
+        ``{"generation": SampleQuality dict, "reconstruction": ..., "conditional", "sampling": {...},
+        "reference": {...}, "feature_net": {...}, "wall_time_s"}``; ``wall_time_s`` covers decoding,
+        sampling and measuring, not the feature network's training (``feature_net.training_wall_time_s``,
+        the time it took when it was trained and cached).
     """
-    started = time.perf_counter()
     m = recipe.metrics
     train_set, test_set = tokenizer.dataset("train"), tokenizer.dataset("test")
     note(f"metrics: feature network in {features_dir}", enabled=verbose)
     net, net_info = load_or_train_feature_net(features_dir, train_set, test_set, steps=m.feature_steps,
                                               seed=m.feature_seed)
+    started = time.perf_counter()  # sampling and measuring (the feature network's training is timed apart)
     n_ref = len(test_set) if m.reference_limit == 0 else min(m.reference_limit, len(test_set))
     real, real_labels = test_set.get_batch(torch.arange(n_ref), "cpu")
     if len(test_tokens) < n_ref or not torch.equal(test_tokens.labels[:n_ref], real_labels):
@@ -216,7 +218,8 @@ def measure_prior(prior: nn.Module, tokenizer: Tokenizer, spec: TokenSpec, test_
         "sampling": {**options, "seed": recipe.sample.seed, "num_samples": num},
         "reference": {"split": f"{train_set.name.split('/')[0]}/test", "images": n_ref, "k": m.k},
         "feature_net": {"dir": str(features_dir), "sha256": _feature_hash(net), "steps": m.feature_steps,
-                        "seed": m.feature_seed, "test_accuracy": net_info.get("test_accuracy")},
+                        "seed": m.feature_seed, "test_accuracy": net_info.get("test_accuracy"),
+                        "training_wall_time_s": net_info.get("wall_time_s")},
         "wall_time_s": round(time.perf_counter() - started, 3),
     }
 
@@ -278,7 +281,7 @@ def run_prior(recipe: PriorRecipe, out_dir: str | Path, *, resume: bool = False,
     measuring) only measures. Raises :class:`~vqkit.training.TrainingInterrupted` on SIGINT / SIGTERM
     during training (a checkpoint is saved; ``vqkit prior --out DIR --resume`` continues).
     """
-    recipe.validate()
+    check_prior_values(recipe.validate())
     if not recipe.tokenizer:
         raise ValueError("--tokenizer: give the run directory of the tokenizer (a `vqkit train` VQ-VAE run)")
     verbose = recipe.log.progress

@@ -55,7 +55,7 @@ else:  # pragma: no cover
 # the value typing of `vqkit train`'s recipes, shared so that both kinds of recipe read the same way
 from ..training.recipe import RecipeError, _arg_value, _coerce, _field_types, _parse_literal, _toml_value
 from ..training.recipe import parse_arg_value, parse_overrides
-from .priors import PRIOR_KINDS
+from .priors import PRIOR_KINDS, build_prior
 from .trainer import PriorConfig
 
 __all__ = [
@@ -73,6 +73,7 @@ __all__ = [
     "apply_prior_overrides",
     "prior_recipe_to_toml",
     "prior_arguments",
+    "check_prior_values",
 ]
 
 # arguments of a prior that come from the token file, never from a recipe
@@ -86,6 +87,15 @@ def prior_arguments(kind: str) -> list[str]:
         raise RecipeError(f"prior.kind: expected one of {', '.join(PRIOR_KINDS)}, got {kind!r}")
     params = inspect.signature(PRIOR_KINDS[kind].__init__).parameters
     return [n for n in params if n not in ("self", *_FROM_TOKENS)]
+
+
+def check_prior_values(recipe: PriorRecipe) -> None:
+    """Build the recipe's prior on a one-token space to check its argument values; a bad one raises a
+    RecipeError naming its key (e.g. ``prior.heads: expected a divisor of dim=128, got 3``)."""
+    try:
+        build_prior(recipe.prior.kind, vocab_sizes=[2], length=1, num_classes=1, **recipe.prior.args)
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"prior.{e}") from None
 
 
 @dataclass

@@ -44,8 +44,8 @@ from .priors import build_prior
 from .tokens import TokenSet, load_tokens
 from .transformer import TokenPrior
 
-__all__ = ["PriorConfig", "PriorRunResult", "train_prior", "load_prior", "read_prior_run", "evaluate_prior",
-           "PRIOR_FILE"]
+__all__ = ["PriorConfig", "PriorRunResult", "train_prior", "load_prior", "read_prior_run", "read_summary",
+           "evaluate_prior", "PRIOR_FILE"]
 
 # config fields that may change when resuming a run (the rest must match the checkpointed run)
 _RESUMABLE = ("steps", "log_every", "eval_every", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints")
