@@ -117,3 +117,43 @@ def test_two_ranks_match_one_process_with_the_global_batch(config):
             torch.testing.assert_close(r0["state"][name], t, rtol=1e-4, atol=1e-5, msg=name)
         else:
             assert torch.equal(r0["state"][name], t), name
+
+
+def _compiled_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch._dynamo as dynamo
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    vq = VectorQuantizer(DIM, K, codebook="ema", dead_code_steps=1, dead_code_threshold=1.0, check_finite=False)
+    vq(torch.randn(4 * B, DIM) + rank)  # k-means init, eager
+    breaks = dynamo.explain(vq)(torch.randn(B, DIM)).graph_break_count
+    dynamo.reset()
+    compiled = torch.compile(vq, fullgraph=True, backend="aot_eager")
+    for step in range(3):
+        mask = torch.ones(B, dtype=torch.bool)
+        if rank == 1 and step == 1:
+            mask[:] = False  # a fully padded rank still enters every collective
+        compiled(torch.randn(B, DIM) * (1 + rank), mask)
+    torch.save({"state": {k: v.clone() for k, v in vq.state_dict().items()}, "breaks": breaks},
+               os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_compiled_fullgraph_training_with_collectives_stays_identical_across_ranks():
+    """The steady-state training forward compiles with fullgraph=True under a process group: the
+    collectives of maintenance (EMA sums, replacement candidates, usage counts) are part of the graph."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = mp.spawn(_compiled_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=False)
+        for p in ctx.processes:
+            p.join(timeout=180)
+        if any(p.is_alive() for p in ctx.processes):
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("distributed workers hung (asymmetric collectives?)")
+        assert all(p.exitcode == 0 for p in ctx.processes), [p.exitcode for p in ctx.processes]
+        r0, r1 = (torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in range(2))
+    assert r0["breaks"] == 0 and r1["breaks"] == 0
+    for name, t0 in r0["state"].items():
+        assert torch.equal(t0, r1["state"][name]), f"{name} differs between ranks"

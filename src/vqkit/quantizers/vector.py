@@ -507,8 +507,9 @@ class VectorQuantizer(Quantizer):
         """Before the search of a training call: fold deferred EMA statistics, k-means init (first call),
         running statistics, dead-code replacement."""
         self.codes.commit_()
-        if self._needs_init:
-            self._kmeans_init(z, weight)
+        if self._needs_init:  # once, data-dependent: kept out of a compiled graph as one break
+            init = torch.compiler.disable(self._kmeans_init) if compiling else self._kmeans_init
+            init(z, weight)
         self.codes.update_statistics_(z, weight)
         if self.dead_code_steps > 0 or self.dead_code_threshold > 0:
             self._replace_dead_codes(z, weight, compiling)
