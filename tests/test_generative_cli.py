@@ -111,7 +111,7 @@ def test_encode_decode_prior_sample_report(tmp_path, tokenizer_run, capsys):
     assert main(["report", str(prior), "--threads", "1"]) == 0 and (prior / "report.md").is_file()
     # a second run in the same directory is refused; a resume of a finished run changes nothing
     assert main(["prior", "--tokenizer", str(tokenizer_run), "--out", str(prior), *_sets(PRIOR)]) == 2
-    assert "already holds a prior run" in capsys.readouterr().err
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
     before = (prior / "run.json").read_bytes()
     assert main(["prior", "--out", str(prior), "--resume", "--threads", "1"]) == 0
     assert "already finished: 12 steps" in capsys.readouterr().out and (prior / "run.json").read_bytes() == before

@@ -286,6 +286,9 @@ def run_prior(recipe: PriorRecipe, out_dir: str | Path, *, resume: bool = False,
         raise ValueError("--tokenizer: give the run directory of the tokenizer (a `vqkit train` VQ-VAE run)")
     verbose = recipe.log.progress
     run = RunDir(out_dir)
+    if not resume and run.holds_run():
+        raise FileExistsError(f"--out: {run.root} already holds a run; pass --resume to continue it, or choose "
+                              "another --out")
     device = resolve_device(recipe.device)
     tokenizer = load_tokenizer(recipe.tokenizer, device=device)
     train_tokens = cached_tokens(tokenizer, "train", verbose=verbose)
