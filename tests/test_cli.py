@@ -122,7 +122,7 @@ def test_python_dash_m_vqkit_version_and_help():
     out = _python("-m", "vqkit", "--version")
     assert out.returncode == 0 and out.stdout.strip() == f"vqkit {vqkit.__version__}"
     out = _python("-m", "vqkit", "--help")
-    assert out.returncode == 0 and "{train,report,ablate,recipes,bench}" in out.stdout and "--version" in out.stdout
+    assert out.returncode == 0 and "{train,report,ablate,recipes,bench,encode,decode,prior,sample,genablate}" in out.stdout and "--version" in out.stdout
     out = _python("-m", "vqkit", "train", "--help")
     assert out.returncode == 0 and "--threads N|auto" in out.stdout and "--resume" in out.stdout
 

@@ -11,6 +11,15 @@
     vqkit bench ...          (the benchmark suite, :mod:`vqkit.bench`; ``vqkit bench --help``)
     vqkit --version
 
+The generative stage (:mod:`vqkit.generative`; docs/generative.md)::
+
+    vqkit encode RUN_DIR [--split train|test] [--out FILE]
+    vqkit decode TOKENS --tokenizer RUN_DIR --out grid.png [--num N] [--scale S]
+    vqkit prior --tokenizer RUN_DIR [--recipe NAME|FILE] [--out DIR] [--set key=value ...] [--resume] [--threads N|auto]
+    vqkit sample PRIOR_DIR --out grid.png [--num N | --per-class K] [--steps T] [--temperature X] ...
+    vqkit genablate [--recipe NAME|FILE | --dataset NAME] [--prior NAME|FILE] [--seeds 0 1 2] [--rows ...]
+                    [--set key=value ...] [--prior-set key=value ...] [--out DIR] [--threads N|auto]
+
 ``vqkit train`` with no recipe trains the default (a VQ-VAE on the bundled 8x8 digits) into
 ``runs/<timestamp>`` and writes its report. Under ``torchrun --nproc_per_node=N`` it trains with DDP
 (see :mod:`vqkit.training.trainer`). Errors in recipes, overrides, data paths or run directories print
@@ -59,7 +68,8 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqkit", description="Train, ablate and report vqkit models.")
     parser.add_argument("--version", action="version", version=f"vqkit {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,report,ablate,recipes,bench}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{train,report,ablate,recipes,bench,encode,decode,prior,sample,genablate}")
 
     p = sub.add_parser("train", help="train a model from a recipe", description="Train a model from a recipe "
                        "(default: a VQ-VAE on the bundled digits) and write logs, checkpoints and a report. "
@@ -115,7 +125,74 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="speed / memory benchmarks (vqkit bench --help)", add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    _add_generative_parsers(sub)
     return parser
+
+
+def _add_generative_parsers(sub: argparse._SubParsersAction) -> None:
+    """``encode``, ``decode``, ``prior``, ``sample`` and ``genablate`` (the generative stage)."""
+    p = sub.add_parser("encode", help="encode a dataset split into token maps with a trained tokenizer",
+                       description="Encode a split of the tokenizer's dataset with the run's newest intact checkpoint "
+                       "into a token file (safetensors: indices, labels, grid, index layout, the tokenizer's "
+                       "fingerprint).")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a `vqkit train` run of a VQ-VAE")
+    p.add_argument("--split", choices=("train", "test"), default="train")
+    p.add_argument("--out", help="token file (default: RUN_DIR/tokens/<split>.safetensors)")
+    _add_threads(p)
+
+    p = sub.add_parser("decode", help="decode a token file back to images (a PNG grid)")
+    p.add_argument("tokens", metavar="TOKENS", help="a token file written by `vqkit encode`")
+    p.add_argument("--tokenizer", required=True, metavar="RUN_DIR", help="the tokenizer run that wrote it")
+    p.add_argument("--out", required=True, help="PNG file")
+    p.add_argument("--num", type=int, default=64, help="token maps to decode (the first N; default 64)")
+    p.add_argument("--scale", type=int, help="integer upscaling (default: 4 for 8x8 images, 1 from 28x28 up)")
+    _add_threads(p)
+
+    p = sub.add_parser("prior", help="train a token prior (MaskGIT or autoregressive) on a tokenizer's tokens",
+                       description="Train a prior on the tokens of a tokenizer run (encoded on demand into "
+                       "RUN_DIR/tokens/), then measure it (Fréchet distance, precision / recall, class accuracy in "
+                       "the feature space of a classifier trained here; the tokenizer's reconstruction FD), draw "
+                       "samples.png and write report.md. Checkpoints and --resume work as in `vqkit train`.")
+    p.add_argument("--tokenizer", metavar="RUN_DIR", help="the tokenizer's `vqkit train` run (sets recipe key tokenizer)")
+    p.add_argument("--recipe", help="built-in prior recipe (maskgit, autoregressive) or a .toml file (default maskgit)")
+    p.add_argument("--out", help="run directory (default: runs/prior-<timestamp>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a prior-recipe key, e.g. --set steps=500 --set prior.dim=64 --set sample.temperature=0.8")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest intact checkpoint (recipe from --out/recipe.toml)")
+    _add_threads(p)
+
+    p = sub.add_parser("sample", help="sample a trained prior into a PNG grid")
+    p.add_argument("prior_dir", metavar="PRIOR_DIR", help="a `vqkit prior` run directory")
+    p.add_argument("--out", required=True, help="PNG file")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--num", type=int, help="number of samples (conditional priors cycle through the classes)")
+    group.add_argument("--per-class", type=int, help="samples per class, a row each (conditional priors; default 10)")
+    p.add_argument("--steps", type=int, help="MaskGIT decoding steps (default: the recipe's sample.steps)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (0 = argmax)")
+    p.add_argument("--confidence-noise", type=float, help="MaskGIT: Gumbel noise scale on the confidences")
+    p.add_argument("--guidance", type=float, help="MaskGIT: classifier-free guidance weight")
+    p.add_argument("--top-k", type=int, help="autoregressive: sample among the k most likely codes")
+    p.add_argument("--seed", type=int, help="sampling seed (default: the recipe's sample.seed)")
+    p.add_argument("--scale", type=int, help="integer upscaling (default: 4 for 8x8 images, 1 from 28x28 up)")
+    _add_threads(p)
+
+    p = sub.add_parser("genablate", help="the generative comparison: tokenizer rows x seeds -> tokens -> prior -> metrics",
+                       description="For each tokenizer row and seed: train the tokenizer, encode, train the prior, "
+                       "sample and measure; one table (tokenizer usage / perplexity / MSE / reconstruction FD, "
+                       "prior generation FD, precision / recall, conditional accuracy; mean ± std over seeds) + "
+                       "json. Finished runs are reused and interrupted ones resume.")
+    p.add_argument("--recipe", help="base tokenizer recipe (name or .toml); default: built-in <dataset>-vqvae")
+    p.add_argument("--dataset", help="dataset of the built-in base recipe (digits, fashion-mnist, mnist, cifar10)")
+    p.add_argument("--prior", help="prior recipe (maskgit, autoregressive or a .toml file; default maskgit)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--rows", nargs="+", help="subset of rows (default: all; the peer row only if installed)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the base tokenizer recipe, e.g. --set steps=300")
+    p.add_argument("--prior-set", dest="prior_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the prior recipe, e.g. --prior-set steps=500")
+    p.add_argument("--out", help="output directory (default: runs/genablate-<timestamp>)")
+    _add_threads(p)
 
 
 def _set_threads(args: argparse.Namespace) -> str:
@@ -159,7 +236,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .training import write_report
 
     print(f"vqkit: {_set_threads(args)}", file=sys.stderr)
-    path = write_report(args.run_dir, verbose=True)
+    from .training.rundir import RunDir
+
+    if RunDir(args.run_dir).prior_info.is_file():  # a `vqkit prior` run
+        from .generative.pipeline import write_prior_report
+
+        path = write_prior_report(args.run_dir, verbose=True)
+    else:
+        path = write_report(args.run_dir, verbose=True)
     print(f"wrote {path}")
     return 0
 
@@ -208,8 +292,13 @@ def _axes(items: list[str], option: str, parse) -> dict[str, list[str]]:
 def _cmd_recipes(args: argparse.Namespace) -> int:
     from .training import get_preset, preset_names, to_toml
 
+    from .generative.recipe import PRIOR_PRESETS, get_prior_preset, prior_recipe_to_toml
+
     if args.name is None:
         print("\n".join(preset_names()))
+        print("\n".join(f"{name}  (prior recipe: vqkit prior --recipe {name})" for name in PRIOR_PRESETS))
+    elif args.name in PRIOR_PRESETS:
+        print(prior_recipe_to_toml(get_prior_preset(args.name)), end="")
     else:
         print(to_toml(get_preset(args.name)), end="")
     return 0
@@ -221,6 +310,101 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ImportError(f"vqkit bench is not available in this installation ({e})") from e
     return bench_main(args.bench_args)
+
+
+def _command_line(name: str) -> str:
+    """``vqkit <args>`` as typed, when ``vqkit <name>`` is what runs (recorded in tables)."""
+    return "vqkit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == [name] else ""
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from .generative.pipeline import encode_split, load_tokenizer
+
+    print(f"vqkit: {_set_threads(args)}", file=sys.stderr)
+    tokenizer = load_tokenizer(args.run_dir)
+    tokens, path = encode_split(tokenizer, args.split, args.out)
+    spec = tokens.spec
+    print(f"wrote {path}: {len(tokens)} token maps of {spec.source}, grid {spec.grid[0]}x{spec.grid[1]}, "
+          f"index axes {spec.index_shape()}, vocabulary sizes {list(spec.layout.vocab_sizes)[:8]}"
+          f"{' ...' if spec.layout.columns > 8 else ''} (tokenizer {tokenizer.fingerprint[:12]}, "
+          f"{tokenizer.checkpoint.name})")
+    return 0
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    from .generative.pipeline import decode_token_file
+
+    print(f"vqkit: {_set_threads(args)}", file=sys.stderr)
+    path, n = decode_token_file(args.tokens, args.tokenizer, args.out, num=args.num, scale=args.scale)
+    print(f"wrote {path} ({n} decoded token maps)")
+    return 0
+
+
+def _cmd_prior(args: argparse.Namespace) -> int:
+    from .generative.pipeline import resume_prior_recipe, run_prior
+    from .generative.recipe import apply_prior_overrides, load_prior_recipe
+
+    notes: list[str] = []
+    if args.resume:
+        if args.out is None:
+            raise ValueError("--resume: give the run directory to continue with --out DIR")
+        if args.recipe is not None:
+            raise ValueError("--resume: the run continues the recipe saved in --out/recipe.toml; drop --recipe "
+                             "(use --set to change e.g. steps)")
+        recipe = resume_prior_recipe(args.out, notes)
+    else:
+        recipe = load_prior_recipe(args.recipe)
+    overrides = list(args.overrides)
+    if args.tokenizer is not None:
+        if args.resume and recipe.tokenizer and Path(args.tokenizer) != Path(recipe.tokenizer):
+            raise ValueError(f"--tokenizer: the run in {args.out} models the tokens of {recipe.tokenizer}; drop "
+                             "--tokenizer to continue it, or start a new run with another --out")
+        overrides.append(f"tokenizer={args.tokenizer}")
+    recipe = apply_prior_overrides(recipe, overrides)
+    notes.insert(0, _set_threads(args))
+    result = run_prior(recipe, args.out or _default_out("prior-"), resume=args.resume, notes=notes)
+    t = result.training
+    verb = "already finished" if result.already_finished else "done"
+    print(f"{verb}: {t.step} steps; final loss {t.final.get('loss', float('nan')):.4g}, held-out loss "
+          f"{t.final.get('val_loss', float('nan')):.4g}")
+    if result.quality is not None:
+        g, r = result.quality["generation"], result.quality["reconstruction"]
+        acc = f", class accuracy {g['accuracy']:.3f}" if g.get("accuracy") is not None else ""
+        print(f"generation FD {g['fd']:.3f} (precision {g['precision']:.3f}, recall {g['recall']:.3f}{acc}); "
+              f"tokenizer reconstruction FD {r['fd']:.3f}  [feature-space FD, not Inception FID]")
+    print(f"run directory: {t.run_dir}" + (f" (report: {result.report})" if result.report is not None else ""))
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .generative.pipeline import sample_prior
+
+    print(f"vqkit: {_set_threads(args)}", file=sys.stderr)
+    path, images = sample_prior(args.prior_dir, args.out, num=args.num, per_class=args.per_class, seed=args.seed,
+                                scale=args.scale, steps=args.steps, temperature=args.temperature,
+                                confidence_noise=args.confidence_noise, guidance=args.guidance, top_k=args.top_k)
+    print(f"wrote {path} ({images.shape[0]} samples)")
+    return 0
+
+
+def _cmd_genablate(args: argparse.Namespace) -> int:
+    from .generative.compare import run_generative_comparison
+    from .generative.recipe import apply_prior_overrides, load_prior_recipe
+    from .training import apply_overrides, get_preset, load_recipe
+
+    if args.recipe is not None:
+        if args.dataset:
+            raise ValueError("--recipe: give either --recipe or --dataset, not both")
+        base = load_recipe(args.recipe)
+    else:
+        base = get_preset(f"{args.dataset or 'digits'}-vqvae")
+    base = apply_overrides(base, args.overrides)
+    prior = apply_prior_overrides(load_prior_recipe(args.prior), args.prior_overrides)
+    print(f"vqkit: {_set_threads(args)}", file=sys.stderr)
+    path = run_generative_comparison(base, prior, args.out or _default_out("genablate-"), seeds=args.seeds,
+                                     rows=args.rows, command=_command_line("genablate"))
+    print(f"wrote {path}")
+    return 0
 
 
 def _interrupted_status(error: BaseException) -> int:
@@ -237,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command line as given, recorded in ablation tables
     handler = {"train": _cmd_train, "report": _cmd_report, "ablate": _cmd_ablate, "recipes": _cmd_recipes,
-               "bench": _cmd_bench}
+               "bench": _cmd_bench, "encode": _cmd_encode, "decode": _cmd_decode, "prior": _cmd_prior,
+               "sample": _cmd_sample, "genablate": _cmd_genablate}
     try:
         return handler[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:

@@ -13,6 +13,14 @@
 * :mod:`~vqkit.generative.features` / :mod:`~vqkit.generative.fid` / :mod:`~vqkit.generative.quality`:
   sample-quality metrics that need no download (a feature network trained here, Fréchet distance,
   precision / recall, conditional accuracy).
+
+The toolkit layer (``vqkit encode / decode / prior / sample / genablate``):
+
+* :mod:`~vqkit.generative.recipe`: :class:`PriorRecipe` (TOML, typed ``--set``, built-in ``maskgit`` /
+  ``autoregressive``).
+* :mod:`~vqkit.generative.pipeline`: tokenizers from ``vqkit train`` runs, token files in their run
+  directories, :func:`run_prior` (train, measure, samples, report), :func:`sample_prior`.
+* :mod:`~vqkit.generative.compare`: :func:`run_generative_comparison` (tokenizer rows x seeds -> one table).
 """
 
 from .autoregressive import AutoregressivePrior
@@ -27,6 +35,9 @@ from .schedule import cosine_mask_ratio, decoding_schedule, mask_counts, random_
 from .tokens import TokenSet, decode_tokens, encode_dataset, load_tokens, save_tokens, tokenizer_fingerprint
 from .trainer import PriorConfig, PriorRunResult, evaluate_prior, load_prior, train_prior
 from .transformer import TokenPrior
+from .recipe import PriorRecipe, apply_prior_overrides, get_prior_preset, load_prior_recipe
+from .pipeline import Tokenizer, load_tokenizer, run_prior, sample_prior, write_prior_report
+from .compare import GENERATIVE_ROWS, run_generative_comparison
 
 __all__ = [
     "TokenLayout", "TokenSpec", "index_layout",
@@ -38,4 +49,7 @@ __all__ = [
     "FeatureNet", "train_feature_net", "save_feature_net", "load_feature_net", "load_or_train_feature_net",
     "gaussian_fit", "frechet_distance", "feature_frechet_distance",
     "SampleQuality", "precision_recall", "sample_quality",
+    "PriorRecipe", "load_prior_recipe", "get_prior_preset", "apply_prior_overrides",
+    "Tokenizer", "load_tokenizer", "run_prior", "sample_prior", "write_prior_report",
+    "GENERATIVE_ROWS", "run_generative_comparison",
 ]

@@ -21,12 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import ImageDataset
+from ..training.rundir import FEATURE_NET_FILE, FEATURE_NET_INFO_FILE
 from .order import batch_indices
 
 __all__ = ["FeatureNet", "FeatureNetConfig", "train_feature_net", "save_feature_net", "load_feature_net",
            "load_or_train_feature_net", "classifier_accuracy", "FEATURE_NET_FILES"]
 
-FEATURE_NET_FILES = ("feature_net.safetensors", "feature_net.json")
+FEATURE_NET_FILES = (FEATURE_NET_FILE, FEATURE_NET_INFO_FILE)
 _FORMAT = 1
 
 
@@ -140,12 +141,13 @@ def train_feature_net(
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                  {"params": other, "weight_decay": 0.0}], lr=lr)
         net.train()
-        for step in range(steps):
-            x, y = train_set.get_batch(batch_indices(len(train_set), batch_size, seed, step), "cpu")
-            loss = F.cross_entropy(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        with torch.enable_grad():  # also when called under torch.no_grad()
+            for step in range(steps):
+                x, y = train_set.get_batch(batch_indices(len(train_set), batch_size, seed, step), "cpu")
+                loss = F.cross_entropy(net(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
     finally:
         torch.set_num_threads(threads)
     net.eval()

@@ -18,7 +18,7 @@ __all__ = ["sample_tokens", "sample_images", "save_image_grid", "sample_grid"]
 
 def sample_tokens(prior: TokenPrior, spec: TokenSpec, *, labels: Tensor | None = None, num_samples: int | None = None,
                   batch_size: int = 256, **sampling: Any) -> Tensor:
-    """Token maps ``(N, h, w[, C])`` (the quantizer's layout) sampled from ``prior`` in batches.
+    """Token maps ``(N, h, w, *trailing)`` (the quantizer's layout) sampled from ``prior`` in batches.
 
     Args:
         prior: a trained prior whose token space matches ``spec``.

@@ -2,9 +2,12 @@
 
 A token file is one safetensors file with two int64 tensors and JSON metadata::
 
-    indices   (N, h, w) or (N, h, w, C)   the quantizer's code indices (its own layout)
-    labels    (N,)                        class labels of the encoded images
-    metadata  {"format": "vqkit-tokens", "version": 1, "spec": TokenSpec.to_dict()}
+    indices   (N, h, w, *trailing)   the quantizer's code indices (its own layout: (N, h, w),
+                                     (N, h, w, C) or (N, h, w, G, L))
+    labels    (N,)                   class labels of the encoded images
+    metadata  {"format": "vqkit-tokens", "version": 2, "spec": TokenSpec.to_dict()}
+
+Version 2 records the trailing index axes as a list of sizes; version-1 files (a bool) are still read.
 
 A *tokenizer* is any model with ``encode(x) -> latents``, a ``quantizer`` and
 ``decode_indices(indices) -> images`` (e.g. :class:`vqkit.models.VQVAE`).
@@ -38,7 +41,8 @@ __all__ = [
 ]
 
 TOKENS_FORMAT = "vqkit-tokens"
-TOKENS_VERSION = 1
+TOKENS_VERSION = 2
+_READABLE_VERSIONS = ("1", "2")
 
 
 @dataclass
@@ -47,7 +51,7 @@ class TokenSet:
 
     Attributes:
         spec: grid, index layout, classes and tokenizer hash.
-        indices: int64 ``(N, h, w)`` or ``(N, h, w, C)`` (``spec.index_shape()`` per map).
+        indices: int64 ``(N, h, w, *trailing)`` (``spec.index_shape()`` per map).
         labels: int64 ``(N,)`` in ``[0, spec.num_classes)``.
     """
 
@@ -83,7 +87,7 @@ class TokenSet:
         expected = spec.index_shape()
         if idx.ndim != 1 + len(expected) or tuple(idx.shape[1:]) != expected:
             raise ValueError(f"{where}: indices: expected shape (N, {', '.join(map(str, expected))}) for grid "
-                             f"{spec.grid} and {spec.layout.columns} column(s) (trailing={spec.layout.trailing}), "
+                             f"{spec.grid} and trailing index axes {spec.layout.trailing}, "
                              f"got {tuple(idx.shape)}")
         if lab.shape != idx.shape[:1]:
             raise ValueError(f"{where}: labels: expected shape ({idx.shape[0]},) to match indices, "
@@ -95,6 +99,10 @@ class TokenSet:
         if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= spec.num_classes):
             raise ValueError(f"{where}: labels: expected values in [0, {spec.num_classes}), "
                              f"got range [{int(lab.min())}, {int(lab.max())}]")
+
+
+def _axes_text(trailing: tuple[int, ...]) -> str:
+    return "".join(f", {a}" for a in trailing)
 
 
 def check_tokenizer(tokenizer: object) -> nn.Module:
@@ -143,10 +151,10 @@ def encode_dataset(
         batch_size: images per forward.
         limit: encode only the first ``limit`` images (0 = all).
     Returns:
-        :class:`TokenSet` with indices ``(N, h, w[, C])`` on the CPU.
+        :class:`TokenSet` with indices ``(N, h, w, *trailing)`` on the CPU.
     Raises:
         ValueError: the quantizer has no enumerable codebook (see :func:`index_layout`), or its indices
-            do not have the expected ``(B, h, w[, C])`` shape.
+            do not have the expected ``(B, h, w, *trailing)`` shape.
     """
     check_tokenizer(tokenizer)
     layout = index_layout(tokenizer.quantizer)
@@ -160,9 +168,9 @@ def encode_dataset(
         for start in range(0, n, batch_size):
             x, _ = dataset.get_batch(torch.arange(start, min(start + batch_size, n)), device)
             idx = tokenizer.quantizer(tokenizer.encode(x)).indices
-            if idx.ndim != 3 + layout.trailing or (layout.trailing and idx.shape[-1] != layout.columns):
-                raise ValueError(f"tokenizer: expected indices (B, h, w{', C' if layout.trailing else ''}) with "
-                                 f"C = {layout.columns}, got {tuple(idx.shape)}")
+            if idx.ndim != 3 + len(layout.trailing) or tuple(idx.shape[3:]) != layout.trailing:
+                raise ValueError(f"tokenizer: expected indices (B, h, w{_axes_text(layout.trailing)}), "
+                                 f"got {tuple(idx.shape)}")
             parts.append(idx.to("cpu", torch.int64))
     finally:
         tokenizer.train(was_training)
@@ -174,7 +182,7 @@ def encode_dataset(
 
 @torch.no_grad()
 def decode_tokens(tokenizer: nn.Module, indices: Tensor, *, batch_size: int = 500, clamp: bool = True) -> Tensor:
-    """Token maps ``(N, h, w[, C])`` (the quantizer's layout) -> images ``(N, C_img, H, W)`` float32 on the CPU.
+    """Token maps ``(N, h, w, *trailing)`` (the quantizer's layout) -> images ``(N, C_img, H, W)`` float32 on the CPU.
 
     The tokenizer runs in eval mode on its own device; ``clamp`` clips the images to ``[0, 1]``.
     """
@@ -182,8 +190,8 @@ def decode_tokens(tokenizer: nn.Module, indices: Tensor, *, batch_size: int = 50
     layout = index_layout(tokenizer.quantizer)
     if not isinstance(indices, Tensor) or indices.dtype != torch.int64:
         raise TypeError(f"indices: expected an int64 tensor, got {getattr(indices, 'dtype', type(indices).__name__)}")
-    if indices.ndim != 3 + layout.trailing:
-        raise ValueError(f"indices: expected shape (N, h, w{', C' if layout.trailing else ''}), "
+    if indices.ndim != 3 + len(layout.trailing) or tuple(indices.shape[3:]) != layout.trailing:
+        raise ValueError(f"indices: expected shape (N, h, w{_axes_text(layout.trailing)}) for this tokenizer, "
                          f"got {tuple(indices.shape)}")
     layout.check("indices", layout.to_columns(indices))
     device = _device_of(tokenizer)
@@ -238,8 +246,9 @@ def load_tokens(path: str | Path, *, tokenizer_hash: str | None = None) -> Token
     if meta.get("format") != TOKENS_FORMAT:
         raise ValueError(f"{path}: not a vqkit token file (metadata format {meta.get('format')!r}, "
                          f"expected {TOKENS_FORMAT!r})")
-    if meta.get("version") != str(TOKENS_VERSION):
-        raise ValueError(f"{path}: token file version {meta.get('version')!r}, expected {TOKENS_VERSION}")
+    if meta.get("version") not in _READABLE_VERSIONS:
+        raise ValueError(f"{path}: token file version {meta.get('version')!r}, this vqkit reads versions "
+                         f"{', '.join(_READABLE_VERSIONS)}")
     missing = [k for k in ("indices", "labels") if k not in tensors]
     if missing:
         raise ValueError(f"{path}: missing tensor(s) {', '.join(missing)}")

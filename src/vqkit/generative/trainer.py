@@ -9,6 +9,14 @@
 
 Batches, masks and class dropout are pure functions of ``(seed, step)`` and the global RNG (dropout)
 is checkpointed, so on the CPU a run interrupted and resumed ends bit-identical to an uninterrupted one.
+
+Never losing a run works as in ``vqkit train`` (:mod:`vqkit.training.trainer`), with the same parts:
+checkpoints every ``checkpoint_every`` steps, every ``checkpoint_minutes`` of wall time, at the last step
+and at the end of the current step on SIGINT / SIGTERM (then
+:class:`~vqkit.training.TrainingInterrupted` is raised); a resume reads the newest intact checkpoint
+(:func:`~vqkit.training.checkpoint.find_checkpoint`; newer corrupt ones are set aside and named), restarts
+a run without checkpoints from step 0, removes the leftovers of an interrupted checkpoint write and
+drops a torn last line of ``metrics.jsonl``. Every check passes before anything is written.
 """
 
 from __future__ import annotations
@@ -25,19 +33,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..training import MetricLogger, latest_checkpoint, load_checkpoint, save_checkpoint
-from ..training.rundir import CHECKPOINT_DIR, SUMMARY_FILE
+from ..training import CheckpointError, MetricLogger, TrainingInterrupted, save_checkpoint
+from ..training.checkpoint import Checkpoint, find_checkpoint, remove_leftovers, set_aside
+from ..training.console import note, progress_bar, require_progress_bar
+from ..training.logging import MetricsFileError, read_metrics, scan_metrics
+from ..training.rundir import PRIOR_FILE, RunDir
+from ..training.trainer import _StopRequest  # the SIGINT / SIGTERM handling of `vqkit train`
 from .order import batch_indices, step_generator
 from .priors import build_prior
 from .tokens import TokenSet, load_tokens
 from .transformer import TokenPrior
 
-__all__ = ["PriorConfig", "PriorRunResult", "train_prior", "load_prior", "read_prior_run", "evaluate_prior",
-           "PRIOR_FILE"]
+__all__ = ["PriorConfig", "PriorRunResult", "train_prior", "load_prior", "read_prior_run", "read_summary",
+           "evaluate_prior", "PRIOR_FILE"]
 
-PRIOR_FILE = "prior.json"
 # config fields that may change when resuming a run (the rest must match the checkpointed run)
-_RESUMABLE = ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
+_RESUMABLE = ("steps", "log_every", "eval_every", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints")
 
 
 @dataclass
@@ -55,6 +66,7 @@ class PriorConfig:
         grad_clip: clip the global gradient norm (0 = off).
         seed: init, data order and masks.
         log_every, eval_every, checkpoint_every: every N steps (0 = only at the end; eval needs val tokens).
+        checkpoint_minutes: also checkpoint when this much wall time passed since the last one (0 = off).
         keep_checkpoints: checkpoints to keep.
     """
 
@@ -73,6 +85,7 @@ class PriorConfig:
     log_every: int = 10
     eval_every: int = 0
     checkpoint_every: int = 0
+    checkpoint_minutes: float = 0.0
     keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
@@ -88,6 +101,8 @@ class PriorConfig:
             raise ValueError(f"schedule: expected 'constant' or 'cosine', got {self.schedule!r}")
         if not self.lr > 0:
             raise ValueError(f"lr: expected > 0, got {self.lr!r}")
+        if not (self.checkpoint_minutes >= 0 and math.isfinite(self.checkpoint_minutes)):
+            raise ValueError(f"checkpoint_minutes: expected a float >= 0, got {self.checkpoint_minutes!r}")
         reserved = {"vocab_sizes", "length", "num_classes"} & set(self.model)
         if reserved:
             raise ValueError(f"model: {sorted(reserved)} come from the token file, not the config")
@@ -118,13 +133,15 @@ class PriorConfig:
 @dataclass
 class PriorRunResult:
     """``run_dir``; ``step`` reached; ``final`` metrics (last train record, and ``val_*`` with val tokens);
-    ``wall_time_s`` of this call; the trained ``prior`` (eval mode)."""
+    ``wall_time_s`` of this call; the trained ``prior`` (eval mode); ``already_finished``: a resume found
+    the run complete and trained nothing."""
 
     run_dir: Path
     step: int
     final: dict[str, float]
     wall_time_s: float
     prior: TokenPrior
+    already_finished: bool = False
 
 
 def _prior_spec(config: PriorConfig, tokens: TokenSet) -> dict[str, Any]:
@@ -169,25 +186,85 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _check_resume(out: Path, spec: dict[str, Any], config: PriorConfig, tokens: TokenSet) -> Path:
-    """The checkpoint to resume from, after checking that ``out``'s run trained the same thing."""
-    checkpoint = latest_checkpoint(out)
-    if checkpoint is None:
-        raise FileNotFoundError(f"resume: no checkpoint found in {out / CHECKPOINT_DIR}")
-    saved = read_prior_run(out)
+def _check_resume(run: RunDir, spec: dict[str, Any], config: PriorConfig, tokens: TokenSet) -> None:
+    """Check that ``run`` holds a prior run of the same prior, config (up to :data:`_RESUMABLE`) and tokens."""
+    if not run.prior_info.is_file():
+        raise FileNotFoundError(f"resume: no checkpoint found in {run.checkpoints} and no {run.prior_info.name}: "
+                                f"{run.root} is not a prior run; start one there without resume")
+    saved = read_prior_run(run.root)
     if saved.get("prior") != spec:
-        raise ValueError(f"resume: {out} holds prior {saved.get('prior')}, the call asks for {spec}")
+        raise ValueError(f"resume: {run.root} holds prior {saved.get('prior')}, the call asks for {spec}")
     old = {k: v for k, v in saved.get("config", {}).items() if k not in _RESUMABLE}
     new = {k: v for k, v in config.to_dict().items() if k not in _RESUMABLE}
     if old != new:
         diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
-        raise ValueError(f"resume: config differs from the run in {out} (saved, given): {diff}; only "
+        raise ValueError(f"resume: config differs from the run in {run.root} (saved, given): {diff}; only "
                          f"{', '.join(_RESUMABLE)} may change")
     if saved.get("tokens") != tokens.spec.to_dict() or saved.get("tokens_sha256") != tokens.content_hash():
-        raise ValueError(f"resume: the tokens differ from those the run in {out} was trained on "
+        raise ValueError(f"resume: the tokens differ from those the run in {run.root} was trained on "
                          f"(spec {saved.get('tokens')}, sha256 {str(saved.get('tokens_sha256'))[:16]}...; given "
                          f"{tokens.spec.to_dict()}, sha256 {tokens.content_hash()[:16]}...)")
-    return checkpoint
+
+
+def _resume_checkpoint(run: RunDir, prior: nn.Module, optimizer: torch.optim.Optimizer, config: PriorConfig,
+                       notes: list[str]) -> tuple[Checkpoint | None, list[Path]]:
+    """The newest intact checkpoint (None: restart from step 0) and the corrupt newer ones to set aside;
+    appends what will happen to ``notes``. Nothing is written."""
+    steps = config.steps
+    checkpoint, skipped = find_checkpoint(run.root, prior, optimizer)
+    if checkpoint is None and skipped:
+        reasons = "; ".join(str(e) for _, e in skipped)
+        raise CheckpointError(f"resume: no intact checkpoint in {run.checkpoints}: {reasons}. Delete "
+                              f"{run.checkpoints} to restart the run from step 0, or start over in another directory")
+    for path, error in skipped:
+        notes.append(f"warning: {error}; resuming from the older intact checkpoint {checkpoint.path.name} "
+                     f"instead ({path.name} is set aside as .corrupt-{path.name})")
+    if checkpoint is None:
+        notes.append(f"no checkpoint in {run.root} yet: restarting the run from step 0")
+    else:
+        if checkpoint.step > steps:
+            raise ValueError(f"steps: {steps} is below the {checkpoint.step} steps this run already trained "
+                             f"({checkpoint.path}); continue it with steps >= {checkpoint.step}, or train a "
+                             "shorter run in another directory")
+        old_steps = checkpoint.state.get("config", {}).get("steps")
+        if config.schedule == "cosine" and isinstance(old_steps, int) and old_steps != steps and checkpoint.step < steps:
+            notes.append(f"warning: with the cosine schedule the learning rate from step {checkpoint.step} on follows "
+                         f"the new length ({steps} steps, was {old_steps}), so the run is not the same as one trained "
+                         f"for {steps} steps from the start")
+        threads = checkpoint.state.get("threads")
+        if isinstance(threads, int) and threads != torch.get_num_threads():
+            notes.append(f"warning: {checkpoint.path.name} was trained with {threads} intra-op thread(s), this "
+                         f"session uses {torch.get_num_threads()}: the result can differ in the last bits from an "
+                         f"uninterrupted run (use {threads} thread(s) to match it)")
+        notes.append(f"resuming from {checkpoint.path.name} (step {checkpoint.step} of {steps})")
+    try:
+        _, torn = scan_metrics(run.metrics)
+    except MetricsFileError as e:
+        raise MetricsFileError(f"resume: {e}, or start over in another directory") from None
+    if torn:
+        notes.append(f"warning: {run.metrics}: dropped a torn last line (a write interrupted by a kill)")
+    return checkpoint, [p for p, _ in skipped]
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """``run.json`` of a run as a dict, None when missing or unreadable."""
+    path = RunDir(run_dir).summary
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def _finished_final(run: RunDir, config: PriorConfig, checkpoint: Checkpoint | None,
+                    corrupt: list[Path]) -> dict[str, float] | None:
+    """The final metrics of ``run.json`` when the run is complete at ``config.steps``, else None."""
+    if checkpoint is None or checkpoint.step != config.steps or corrupt:
+        return None
+    summary = read_summary(run.root)
+    if summary and summary.get("steps") == config.steps and isinstance(summary.get("final"), dict):
+        return summary["final"]
+    return None
 
 
 def train_prior(
@@ -199,6 +276,13 @@ def train_prior(
     resume: bool = False,
     device: torch.device | str = "cpu",
     on_step: Callable[[int], None] | None = None,
+    handle_signals: bool = True,
+    progress: bool = False,
+    label: str = "prior",
+    info: Mapping[str, Any] | None = None,
+    notes: list[str] | None = None,
+    on_start: Callable[[], None] | None = None,
+    resume_hint: str = "call train_prior again with the same arguments and resume=True",
 ) -> PriorRunResult:
     """Train a token prior on ``tokens`` into ``out_dir``.
 
@@ -208,15 +292,27 @@ def train_prior(
         config: :class:`PriorConfig` (default: its defaults).
         val_tokens: held-out tokens (same spec): ``val_loss`` / ``val_accuracy`` every ``eval_every``
             steps and at the end.
-        resume: continue from the newest checkpoint in ``out_dir`` (``config`` may change only in
-            ``steps`` and the logging / checkpoint intervals).
+        resume: continue from the newest intact checkpoint in ``out_dir`` (``config`` may change only in
+            ``steps`` and the logging / checkpoint intervals); a run without checkpoints restarts from 0.
         device: where to train.
         on_step: called with the number of completed steps after each step (after its logging and checkpoint).
+        handle_signals: on SIGINT / SIGTERM finish the step, save a checkpoint and raise
+            :class:`~vqkit.training.TrainingInterrupted` (only from the main thread).
+        progress: show a progress bar and status lines (stderr).
+        label: the progress bar's label.
+        info: extra JSON-able entries stored in ``prior.json`` (e.g. the recipe and the tokenizer run).
+        notes: status lines to show once the checks pass (warnings are always shown).
+        on_start: called once every check has passed, when the run directory starts being written (e.g.
+            to write the recipe next to the run).
+        resume_hint: how to continue, in the message of :class:`~vqkit.training.TrainingInterrupted`.
     Returns:
         :class:`PriorRunResult`.
+    Raises:
+        TrainingInterrupted: a signal stopped training (a checkpoint of the last completed step was saved).
     """
     started = time.perf_counter()
     config = config or PriorConfig()
+    notes = list(notes or [])
     tokens = tokens if isinstance(tokens, TokenSet) else load_tokens(tokens)
     if val_tokens is not None:
         val_tokens = val_tokens if isinstance(val_tokens, TokenSet) else load_tokens(val_tokens)
@@ -224,83 +320,152 @@ def train_prior(
         a.pop("source"), b.pop("source")
         if a != b:
             raise ValueError(f"val_tokens: spec {b} differs from the training tokens' {a}")
-    out, device = Path(out_dir), torch.device(device)
+    run, device = RunDir(out_dir), torch.device(device)
     spec = _prior_spec(config, tokens)
-    checkpoint = None
-    if resume:
-        checkpoint = _check_resume(out, spec, config, tokens)
-    elif (out / PRIOR_FILE).exists() or (out / CHECKPOINT_DIR).exists():
-        raise FileExistsError(f"out_dir: {out} already holds a prior run; pass resume=True or use another directory")
 
+    # ---- checks: nothing is written until all of them pass ----
+    if resume:
+        _check_resume(run, spec, config, tokens)
+    elif run.prior_info.exists() or run.checkpoints.exists():
+        raise FileExistsError(f"out_dir: {run.root} already holds a prior run; pass resume=True or use another directory")
+    if progress:
+        require_progress_bar()
     torch.manual_seed(config.seed)
     prior = build_prior(spec["kind"], **spec["args"]).to(device)
     optimizer = _optimizer(prior, config)
+    checkpoint, corrupt = _resume_checkpoint(run, prior, optimizer, config, notes) if resume else (None, [])
+    finished = _finished_final(run, config, checkpoint, corrupt) if resume else None
+    if finished is not None:
+        checkpoint.apply(prior, None, restore_rng=False)
+        note(f"{run.root} already finished its {config.steps} steps; nothing to train", enabled=progress)
+        return PriorRunResult(run.root, config.steps, finished, time.perf_counter() - started, prior.eval(), True)
+
+    # ---- from here on the run directory is written ----
+    run.root.mkdir(parents=True, exist_ok=True)
+    for path in remove_leftovers(run.root):
+        note(f"removed {path.name}, left by an interrupted checkpoint write", enabled=progress)
+    for path in corrupt:
+        set_aside(path)
+    for message in notes:
+        note(message, enabled=progress or message.startswith("warning:"))
+    if on_start is not None:
+        on_start()
+    token_info = {"tokens": tokens.spec.to_dict(), "tokens_sha256": tokens.content_hash()}
+    _write_json(run.prior_info, {"prior": spec, "config": config.to_dict(), **token_info, **dict(info or {})})
     start = 0
+    earlier = 0.0  # wall time of the run's earlier sessions, up to the checkpoint resumed from
     if checkpoint is not None:
-        start = int(load_checkpoint(checkpoint, prior, optimizer)["step"])
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / PRIOR_FILE, {"prior": spec, "config": config.to_dict(), "tokens": tokens.spec.to_dict(),
-                                   "tokens_sha256": tokens.content_hash()})
-    extra = {"prior": spec, "config": config.to_dict(), "tokens": tokens.spec.to_dict()}
+        checkpoint.apply(prior, optimizer)
+        start = checkpoint.step
+        if isinstance(checkpoint.state.get("wall_time_s"), (int, float)):
+            earlier = float(checkpoint.state["wall_time_s"])
+
+    def extra() -> dict[str, Any]:
+        return {"prior": spec, "config": config.to_dict(), "tokens": tokens.spec.to_dict(),
+                "wall_time_s": round(earlier + time.perf_counter() - started, 3), "threads": torch.get_num_threads()}
 
     seqs = tokens.sequences()
     final: dict[str, float] = {}
-    logger = MetricLogger(out, resume_step=start if checkpoint is not None else None)
+    logger = MetricLogger(run.root, resume_step=start if resume else None)
+    bar = progress_bar(config.steps, start, label, progress)
+    stop = _StopRequest(handle_signals)
+    last_save, saved_step = time.monotonic(), start if checkpoint is not None else -1
     prior.train()
     try:
-        for step in range(start, config.steps):
-            idx = batch_indices(len(tokens), config.batch_size, config.seed, step)
-            labels = tokens.labels[idx].to(device) if config.conditional else None
-            lr = config.lr_at(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss, stats = prior.training_loss(seqs[idx].to(device), labels,
-                                              generator=step_generator(config.seed, step))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(prior.parameters(), config.grad_clip))
-            optimizer.step()
-            stats["lr"] = lr
-            done = step + 1
-            last = done == config.steps
-            if last or (config.log_every and done % config.log_every == 0):
-                logger.log(done, "train", stats)
-            if val_tokens is not None and (last or (config.eval_every and done % config.eval_every == 0)):
-                val = evaluate_prior(prior, val_tokens, conditional=config.conditional, seed=config.seed)
-                logger.log(done, "test", val)
+        with stop:
+            for step in range(start, config.steps):
+                idx = batch_indices(len(tokens), config.batch_size, config.seed, step)
+                labels = tokens.labels[idx].to(device) if config.conditional else None
+                lr = config.lr_at(step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss, stats = prior.training_loss(seqs[idx].to(device), labels,
+                                                  generator=step_generator(config.seed, step))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip > 0:
+                    stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(prior.parameters(), config.grad_clip))
+                optimizer.step()
+                stats["lr"] = lr
+                done = step + 1
+                last = done == config.steps
+                if last or (config.log_every and done % config.log_every == 0):
+                    logger.log(done, "train", stats)
+                    bar.set_postfix({k: f"{stats[k]:.4g}" for k in ("loss", "accuracy")}, refresh=False)
+                if val_tokens is not None and (last or (config.eval_every and done % config.eval_every == 0)):
+                    val = evaluate_prior(prior, val_tokens, conditional=config.conditional, seed=config.seed)
+                    logger.log(done, "test", val)
+                    if last:
+                        final.update({f"val_{k}": v for k, v in val.items()})
                 if last:
-                    final.update({f"val_{k}": v for k, v in val.items()})
-            if last:
-                final.update(stats)
-            if last or (config.checkpoint_every and done % config.checkpoint_every == 0):
-                save_checkpoint(out, done, prior, optimizer, extra=extra, keep=config.keep_checkpoints)
-            if on_step is not None:
-                on_step(done)
+                    final.update(stats)
+                by_time = (config.checkpoint_minutes > 0
+                           and time.monotonic() - last_save >= 60 * config.checkpoint_minutes)
+                if last or by_time or (config.checkpoint_every and done % config.checkpoint_every == 0):
+                    save_checkpoint(run.root, done, prior, optimizer, extra=extra(), keep=config.keep_checkpoints)
+                    last_save, saved_step = time.monotonic(), done
+                bar.update(1)
+                if on_step is not None:
+                    on_step(done)
+                if stop.signum is not None and not last:
+                    if saved_step != done:
+                        save_checkpoint(run.root, done, prior, optimizer, extra=extra(), keep=config.keep_checkpoints)
+                    raise TrainingInterrupted(stop.signum, done, run.checkpoint(done), run.root,
+                                              hint=resume_hint)
     finally:
+        bar.close()
         logger.close()
+    if not final:  # nothing left to train: resumed a run stopped after its last checkpoint
+        final = _final_from_log(run)
     wall = time.perf_counter() - started
-    _write_json(out / SUMMARY_FILE, {"steps": config.steps, "resumed_from_step": start or None, "final": final,
-                                      "wall_time_s": round(wall, 3), "device": str(device),
-                                      "threads": torch.get_num_threads(), "torch": torch.__version__})
+    _write_json(run.summary, {"steps": config.steps, "resumed_from_step": start or None, "final": final,
+                              "wall_time_s": round(earlier + wall, 3), "session_wall_time_s": round(wall, 3),
+                              "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__})
     prior.eval()
-    return PriorRunResult(out, max(start, config.steps), final, wall, prior)
+    return PriorRunResult(run.root, max(start, config.steps), final, wall, prior)
+
+
+def _final_from_log(run: RunDir) -> dict[str, float]:
+    """The last train record (and ``val_*`` of the last test record) of ``metrics.jsonl``."""
+    records = read_metrics(run.root)
+    final: dict[str, float] = {}
+    for split, prefix in (("test", "val_"), ("train", "")):
+        last = [r for r in records if r["split"] == split][-1:]
+        if last:
+            final.update({f"{prefix}{k}": v for k, v in last[0].items() if k not in ("step", "split")})
+    return final
 
 
 def read_prior_run(run_dir: str | Path) -> dict[str, Any]:
-    """The ``prior.json`` of a prior run: ``{"prior": {"kind", "args"}, "config", "tokens", "tokens_sha256"}``."""
-    path = Path(run_dir) / PRIOR_FILE
+    """The ``prior.json`` of a prior run: ``{"prior": {"kind", "args"}, "config", "tokens", "tokens_sha256", ...}``."""
+    path = RunDir(run_dir).prior_info
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not a prior run directory (no {PRIOR_FILE})")
-    return json.loads(path.read_text())
+        raise FileNotFoundError(f"{path}: not a prior run directory (no {PRIOR_FILE}); give a directory written "
+                                "by `vqkit prior`")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not (isinstance(data, dict) and isinstance(data.get("prior"), dict) and "kind" in data["prior"]):
+        raise ValueError(f"{path}: not a prior description (no 'prior' kind and arguments)")
+    return data
 
 
 def load_prior(run_dir: str | Path, *, device: torch.device | str = "cpu") -> tuple[TokenPrior, dict[str, Any]]:
-    """The newest checkpoint of a prior run: (prior in eval mode on ``device``, its ``prior.json``)."""
+    """The newest intact checkpoint of a prior run: (prior in eval mode on ``device``, its ``prior.json``).
+
+    Raises:
+        FileNotFoundError: not a prior run, or no checkpoint yet.
+        CheckpointError: no checkpoint is intact (the message names the files).
+    """
     info = read_prior_run(run_dir)
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise FileNotFoundError(f"{Path(run_dir) / CHECKPOINT_DIR}: no checkpoint of the prior")
     prior = build_prior(info["prior"]["kind"], **info["prior"]["args"])
-    load_checkpoint(checkpoint, prior, None, restore_rng=False)
+    run = RunDir(run_dir)
+    dirs = run.step_dirs()
+    if not dirs:
+        raise FileNotFoundError(f"{run.checkpoints}: no checkpoint of the prior yet (train it with `vqkit prior`)")
+    checkpoint, skipped = find_checkpoint(run.root, prior)
+    if checkpoint is None:
+        raise CheckpointError(f"{run.checkpoints}: no intact checkpoint: " + "; ".join(str(e) for _, e in skipped))
+    checkpoint.apply(prior, None, restore_rng=False)
     return prior.to(device).eval(), info

@@ -15,6 +15,16 @@ directory per configuration and seed, ``<rung>/seed<k>`` (``<variant>/<rung>/see
 varied); a run directory of an ablation also keeps ``budgets.json`` (the held-out metrics and wall time at each
 step budget it was evaluated for) and, beside it, ``seed<k>.lock`` while a process trains it.
 
+The generative stage (:mod:`vqkit.generative`) adds::
+
+    <tokenizer run>/tokens/<split>.safetensors   ``vqkit encode``: token maps of a split
+    <tokenizer run>/features/                    the metric's feature network (feature_net.safetensors + .json)
+    <prior run>/prior.json                        the prior's kind, arguments, training config, token spec
+    <prior run>/samples.png                       a grid of class-conditional samples (the report's)
+
+and a generative comparison (``vqkit genablate``) holds ``generative.md``, ``generative.json``, the shared
+``features/`` and ``<row>/seed<k>/{tokenizer,prior}``.
+
 Every other module asks :class:`RunDir` (or the constants here) for a path; no file name is spelled
 anywhere else.
 """
@@ -42,6 +52,14 @@ __all__ = [
     "ABLATION_TABLE_FILE",
     "ABLATION_JSON_FILE",
     "BUDGETS_FILE",
+    "PRIOR_FILE",
+    "TOKENS_DIR",
+    "FEATURES_DIR",
+    "FEATURE_NET_FILE",
+    "FEATURE_NET_INFO_FILE",
+    "SAMPLES_FILE",
+    "GENERATIVE_TABLE_FILE",
+    "GENERATIVE_JSON_FILE",
     "TMP_PREFIX",
     "OLD_PREFIX",
     "CORRUPT_PREFIX",
@@ -50,6 +68,7 @@ __all__ = [
     "ablation_run_dir",
     "run_lock_file",
     "curves_file",
+    "generative_run_dirs",
 ]
 
 RECIPE_FILE = "recipe.toml"
@@ -67,6 +86,14 @@ RNG_FILE = "rng.safetensors"
 ABLATION_TABLE_FILE = "ablation.md"
 ABLATION_JSON_FILE = "ablation.json"
 BUDGETS_FILE = "budgets.json"
+PRIOR_FILE = "prior.json"
+TOKENS_DIR = "tokens"
+FEATURES_DIR = "features"
+FEATURE_NET_FILE = "feature_net.safetensors"
+FEATURE_NET_INFO_FILE = "feature_net.json"
+SAMPLES_FILE = "samples.png"
+GENERATIVE_TABLE_FILE = "generative.md"
+GENERATIVE_JSON_FILE = "generative.json"
 
 # prefixes inside checkpoints/: a checkpoint being written, one being replaced, one set aside as corrupt
 TMP_PREFIX = ".tmp-"
@@ -103,6 +130,12 @@ def run_lock_file(run_dir: str | Path) -> Path:
 def curves_file(out: str | Path, metric: str, variant: str = "") -> Path:
     """The overlaid curves of ``metric`` in an ablation directory (one file per variant when given)."""
     return Path(out) / (f"curves_{variant}_{metric}.png" if variant else f"curves_{metric}.png")
+
+
+def generative_run_dirs(out: str | Path, row: str, seed: int) -> tuple[Path, Path]:
+    """``(tokenizer run, prior run)`` of one (row, seed) of a generative comparison in ``out``."""
+    root = Path(out) / row / f"seed{seed}"
+    return root / "tokenizer", root / "prior"
 
 
 @dataclass(frozen=True)
@@ -163,6 +196,25 @@ class RunDir:
             return []
         found = [(checkpoint_step(p.name), p) for p in self.checkpoints.iterdir() if p.is_dir()]
         return sorted((s, p) for s, p in found if s is not None)
+
+    def tokens(self, split: str) -> Path:
+        """``tokens/<split>.safetensors``: the token maps of a dataset split (``vqkit encode``)."""
+        return self.root / TOKENS_DIR / f"{split}.safetensors"
+
+    @property
+    def features(self) -> Path:
+        """``features/``: the cached feature network of the sample-quality metrics."""
+        return self.root / FEATURES_DIR
+
+    @property
+    def prior_info(self) -> Path:
+        """``prior.json`` of a prior run."""
+        return self.root / PRIOR_FILE
+
+    @property
+    def samples(self) -> Path:
+        """``samples.png`` of a prior run."""
+        return self.root / SAMPLES_FILE
 
     def leftovers(self) -> list[Path]:
         """Temporary directories and files of interrupted checkpoint writes (safe to delete)."""
