@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from vqkit.generative.recipe import (
     read_prior_recipe_file,
 )
 from vqkit.models import build_model
-from vqkit.training import RecipeError, TrainingInterrupted, read_metrics
+from vqkit.training import RecipeError, TrainingInterrupted
 
 pytest.importorskip("sklearn")  # the bundled digits
 pytestmark = pytest.mark.usefixtures("one_thread")
