@@ -264,7 +264,7 @@ def _family(kind: str, **fixed: Any) -> Callable[[QuantizerConfig, dict[str, Any
             args = {"levels": fsq_levels(k, nearest=True)}
         elif kind == "lfq":
             args = {"codebook_size": 2 ** _bits(base), "entropy_weight": 0.1, "diversity": 1.0, "temperature": 0.01,
-                    "commitment_weight": 0.25, "batch_entropy": "auto"}
+                    "commitment_weight": 0.25, "batch_entropy": "auto", **fixed}
         elif kind == "bsq":
             args = {"codebook_size": 2 ** _bits(base), "entropy_weight": 0.1, "diversity": 1.0, "temperature": 1.0,
                     "commitment_weight": 0.0, "batch_entropy": "factorized"}
@@ -283,6 +283,8 @@ _FAMILY_ROWS: tuple[Rung, ...] = (
          _family("vq", codebook={"kind": "affine", "lr": 10.0, "groups": 1})),
     Rung("fam-fsq", "FSQ (the paper's levels for K)", _family("fsq")),
     Rung("fam-lfq", "LFQ (log2 K bits)", _family("lfq")),
+    Rung("fam-lfq-t1", "LFQ (log2 K bits), temperature 1, diversity 2",
+         _family("lfq", temperature=1.0, diversity=2.0)),
     Rung("fam-bsq", "BSQ (log2 K bits)", _family("bsq")),
     Rung("fam-simvq", "SimVQ (K codes, linear codebook; sync, alternating, replacement, k-means)",
          _family("vq", codebook={"kind": "linear", "lr": 1.0, "bias": True})),
