@@ -216,7 +216,10 @@ class VectorQuantizer(Quantizer):
         kmeans_init: initialize the codebook with k-means++ on the first training batch.
         kmeans_iters: Lloyd iterations of that init (default 10; only with ``kmeans_init``).
         dead_code_steps: re-seed a code from a current embedding after this many training calls
-            without use (0 = never).
+            without use (0 = never). The default 1 re-seeds every code a training batch did not choose
+            before the next search; chosen by measurement (Fashion-MNIST VQ-VAE, K = 512 and 8192: lower
+            held-out MSE and a far more even code use than 100, and training usage stays high right after
+            the k-means init). Raise it when a batch holds far fewer vectors than the codebook has codes.
         dead_code_threshold: also re-seed codes whose running assignment count (an EMA over calls with
             decay 0.8, of the all-reduced per-call counts) drops below this many vectors (0 = off): rarely
             used codes are recycled too, which flattens usage (higher perplexity) at large K.
@@ -267,7 +270,7 @@ class VectorQuantizer(Quantizer):
         alternating_reassign: bool | None = None,
         kmeans_init: bool = True,
         kmeans_iters: int | None = None,
-        dead_code_steps: int = 100,
+        dead_code_steps: int = 1,
         dead_code_threshold: float = 0.0,
         estimator: str = "ste",
         sampling_temperature: float = 0.0,
