@@ -42,19 +42,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 # the value typing of `vqkit train`'s recipes, shared so that both kinds of recipe read the same way
 from ..training.recipe import RecipeError, _arg_value, _coerce, _field_types, _parse_literal, _toml_value
-from ..training.recipe import parse_arg_value, parse_overrides
+from ..training.recipe import parse_arg_value, parse_overrides, read_toml_recipe
 from .priors import PRIOR_KINDS, build_prior
 from .trainer import PriorConfig
 
@@ -397,31 +391,9 @@ _TOP_LEVEL = tuple(f.name for f in dataclasses.fields(PriorRecipe))
 
 
 def read_prior_recipe_file(path: str | Path, *, complete: bool = False) -> PriorRecipe:
-    """A prior recipe from a TOML file; errors name the file.
-
-    Args:
-        complete: require every top-level key and section (as ``vqkit prior`` writes ``recipe.toml``),
-            so an emptied or truncated file is an error instead of silently meaning the defaults.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such prior recipe file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RecipeError(f"{path}: cannot read the recipe ({e})") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise RecipeError(f"{path}: not valid TOML: {e}") from None
-    if complete:
-        missing = [k for k in _TOP_LEVEL if k not in data]
-        if missing:
-            raise RecipeError(f"{path}: incomplete prior recipe (missing {', '.join(missing)})")
-    try:
-        return PriorRecipe.from_dict(data)
-    except RecipeError as e:
-        raise RecipeError(f"{path}: {e}") from None
+    """A prior recipe from a TOML file; errors name the file (``complete``: every top-level key and section,
+    as ``vqkit prior`` writes ``recipe.toml``)."""
+    return read_toml_recipe(path, PriorRecipe.from_dict, _TOP_LEVEL, kind="prior recipe", complete=complete)
 
 
 def load_prior_recipe(source: str | Path | None = None) -> PriorRecipe:

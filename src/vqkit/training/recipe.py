@@ -45,7 +45,8 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -431,20 +432,22 @@ def get_preset(name: str) -> Recipe:
 
 
 _TOP_LEVEL = tuple(f.name for f in dataclasses.fields(Recipe))
+T = TypeVar("T")
 
 
-def read_recipe_file(path: str | Path, *, complete: bool = False) -> Recipe:
-    """A recipe from a TOML file; errors name the file.
+def read_toml_recipe(path: str | Path, build: Callable[[dict[str, Any]], T], top_level: tuple[str, ...], *,
+                     kind: str = "recipe", complete: bool = False) -> T:
+    """Read, parse and ``build`` a TOML recipe file; every error names the file (``kind`` names what it is).
 
     Args:
-        complete: require every top-level key and section (as ``vqkit train`` writes ``recipe.toml``),
-            so an emptied or truncated file is an error instead of silently meaning the defaults.
+        top_level: the keys a complete file has (``complete=True``: as a run writes ``recipe.toml``, so an
+            emptied or truncated file is an error instead of silently meaning the defaults).
     """
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such recipe file") from None
+        raise FileNotFoundError(f"{path}: no such {kind} file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise RecipeError(f"{path}: cannot read the recipe ({e})") from None
     try:
@@ -453,14 +456,19 @@ def read_recipe_file(path: str | Path, *, complete: bool = False) -> Recipe:
         raise RecipeError(f"{path}: not valid TOML: {e}") from None
     if complete:
         if not data:
-            raise RecipeError(f"{path}: empty recipe file")
-        missing = [k for k in _TOP_LEVEL if k not in data]
+            raise RecipeError(f"{path}: empty {kind} file")
+        missing = [k for k in top_level if k not in data]
         if missing:
-            raise RecipeError(f"{path}: incomplete recipe (missing {', '.join(missing)})")
+            raise RecipeError(f"{path}: incomplete {kind} (missing {', '.join(missing)})")
     try:
-        return Recipe.from_dict(data)
+        return build(data)
     except RecipeError as e:
         raise RecipeError(f"{path}: {e}") from None
+
+
+def read_recipe_file(path: str | Path, *, complete: bool = False) -> Recipe:
+    """A recipe from a TOML file; errors name the file (``complete``: see :func:`read_toml_recipe`)."""
+    return read_toml_recipe(path, Recipe.from_dict, _TOP_LEVEL, complete=complete)
 
 
 def load_recipe(source: str | Path | None = None) -> Recipe:
