@@ -69,6 +69,10 @@ def test_varied_values_and_budgets_share_one_run(tiny_recipe, tmp_path, monkeypa
     for k in (16, 32):
         for s in (4, 8):
             assert f"| {k} | {s} | vqkit defaults |" in text
+    for s in (4, 8):  # the held-out metrics against K, one plot per metric and budget, linked from the table
+        for metric in ("mse", "usage", "perplexity"):
+            assert (out / f"scaling_steps={s}_{metric}.png").is_file()
+            assert f"(scaling_steps={s}_{metric}.png)" in text
     res = json.loads((out / "ablation.json").read_text())["results"]
     short = res["codebook_size=16,steps=4/defaults"]
     assert short["variant"] == {"quantizer.codebook_size": "16", "steps": 4}

@@ -486,7 +486,8 @@ def test_residual_fsq_error_bound_shrinks_by_levels_minus_one_per_level():
         assert (err[n - 1] <= steps ** -n + 1e-12).all(), n
     mse = err.square().mean((1, 2))
     assert (mse[1:] < mse[:-1] / 8).all(), mse  # about (L - 1)^2 per level
-    assert out.stats["vq_mse"] == mse[-1]
+    # the same mean, reduced in another order (thread count): equal to rounding
+    torch.testing.assert_close(out.stats["vq_mse"], mse[-1], rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])

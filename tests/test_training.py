@@ -417,5 +417,7 @@ def test_report_explains_the_loss_terms_and_the_usage_curve():
     (note,) = usage_curve_notes(records, dead_code_steps=20)
     assert "starts at 100% (step 1)" in note and "drops to 11% by step 4" in note
     assert "`dead_code_steps` = 20" in note and "96% at step 25" in note and "not a collapse" in note
+    (auto,) = usage_curve_notes(records, dead_code_steps=20, auto=True)
+    assert '`dead_code_steps="auto"` (here 20)' in auto
     (flat,) = usage_curve_notes([{"step": i, "usage": 0.9} for i in range(1, 10)], dead_code_steps=5)
     assert "drops" not in flat

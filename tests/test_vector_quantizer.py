@@ -404,3 +404,79 @@ def test_bad_input_is_named():
         vq(torch.randn(4, 8), mask=torch.ones(4))
     with pytest.raises(TypeError, match="indices"):
         vq.decode(torch.zeros(3))
+
+
+# ---------------------------------------------------------------------------------------------
+# dead_code_steps="auto": the window grows with K / vectors per call
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k,n,valid", [(16, 64, 64), (64, 64, 64), (256, 48, 48), (1000, 300, 7), (512, 6272, 6272)])
+def test_auto_window_is_two_passes_over_the_codebook(k, n, valid):
+    """After a training call the window is ceil(2 K / n) (>= 1), n the call's valid (unmasked) vectors."""
+    vq = VectorQuantizer(4, k, kmeans_init=False)
+    assert vq.dead_code_steps == "auto" and int(vq.dead_code_window) == 1
+    mask = torch.arange(n) < valid
+    vq(torch.randn(n, 4), mask=mask)
+    expected = max(1, -(-2 * k // valid))
+    assert int(vq.dead_code_window) == expected
+    vq.eval()
+    vq(torch.randn(3 * n, 4))  # eval calls leave it alone
+    assert int(vq.dead_code_window) == expected
+
+
+def test_auto_window_replaces_only_codes_unused_that_long():
+    """K = 64, 8 vectors per call: window 16. A starved code survives 15 calls and is re-seeded at the 17th
+    (its age reaches 16 after the 16th call; the next call's maintenance re-seeds it)."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(2, 64, **{**PLAIN_STE, "dead_code_steps": "auto"})
+    with torch.no_grad():
+        vq.codes.weight[5] = 100.0  # never selected
+    z = torch.randn(8, 2)
+    for _ in range(16):
+        vq(z)
+        assert vq.codebook[5].abs().min() > 50
+    assert int(vq.dead_code_window) == 16 and int(vq.code_age[5]) == 16
+    vq(z)
+    assert (z - vq.codebook[5]).norm(dim=1).min() < 0.1
+
+
+def test_auto_equals_every_call_replacement_while_batches_are_large():
+    """With n >= 2K vectors per call the window stays 1: identical to dead_code_steps=1, step for step."""
+    outs = []
+    for steps in ("auto", 1):
+        torch.manual_seed(0)
+        vq = VectorQuantizer(4, 16, dead_code_steps=steps)
+        opt = torch.optim.Adam(vq.parameters(), 1e-2)
+        gen = torch.Generator().manual_seed(1)
+        run = []
+        for _ in range(6):
+            z = torch.randn(40, 4, generator=gen) * 2
+            out = vq(z)
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad()
+            run.append((out.indices.clone(), vq.codebook.detach().clone()))
+        outs.append(run)
+    for (ia, ca), (ib, cb) in zip(*outs):
+        assert torch.equal(ia, ib)
+        torch.testing.assert_close(ca, cb)
+
+
+def test_auto_window_survives_a_checkpoint_and_old_checkpoints_load():
+    vq = VectorQuantizer(4, 256, kmeans_init=False)
+    vq(torch.randn(32, 4))
+    assert int(vq.dead_code_window) == 16
+    fresh = VectorQuantizer(4, 256, kmeans_init=False)
+    fresh.load_state_dict(vq.state_dict())
+    assert int(fresh.dead_code_window) == 16  # a resumed run keeps its window, not 1
+    old = {k: v for k, v in vq.state_dict().items() if k != "dead_code_window"}  # written before the buffer
+    VectorQuantizer(4, 256, kmeans_init=False).load_state_dict(old)
+    assert int(VectorQuantizer(4, 8, dead_code_steps=5).dead_code_window) == 5
+
+
+@pytest.mark.parametrize("bad,err", [("fast", ValueError), ("", ValueError), (-1, ValueError), (1.5, TypeError),
+                                     (True, TypeError)])
+def test_dead_code_steps_rejects_bad_values(bad, err):
+    with pytest.raises(err, match="dead_code_steps"):
+        VectorQuantizer(4, 8, dead_code_steps=bad)

@@ -96,6 +96,11 @@ DEAD_CODE_WINDOW = 20
 #: decay of the running assignment counts behind ``dead_code_threshold``.
 USAGE_EMA_DECAY = 0.8
 
+#: ``dead_code_steps="auto"``: a code is dead after ``ceil(DEAD_CODE_COVERAGE * K / n)`` calls unused (at least 1),
+#: ``n`` the vectors of the last training call (all ranks): the calls in which the batches could have chosen every
+#: code this many times over. It is 1 while a batch holds at least this many vectors per code.
+DEAD_CODE_COVERAGE = 2.0
+
 #: most codes re-seeded in one step (the candidates drawn per step; more dead codes wait a step).
 MAX_REPLACEMENTS_PER_STEP = 4096
 
@@ -216,10 +221,13 @@ class VectorQuantizer(Quantizer):
         kmeans_init: initialize the codebook with k-means++ on the first training batch.
         kmeans_iters: Lloyd iterations of that init (default 10; only with ``kmeans_init``).
         dead_code_steps: re-seed a code from a current embedding after this many training calls
-            without use (0 = never). The default 1 re-seeds every code a training batch did not choose
-            before the next search; chosen by measurement (Fashion-MNIST VQ-VAE, K = 512 and 8192: lower
-            held-out MSE and a far more even code use than 100, and training usage stays high right after
-            the k-means init). Raise it when a batch holds far fewer vectors than the codebook has codes.
+            without use (0 = never), or ``"auto"`` (the default): after ``ceil(2 K / n)`` calls (at least 1),
+            ``n`` the vectors of the last training call on all ranks, i.e. once the batches could have chosen
+            every code twice. That is 1 (every code a batch did not choose is re-seeded before the next
+            search) while a batch holds at least 2 vectors per code, and grows with K beyond, so a large
+            codebook is not churned before its codes can be chosen. Chosen by measurement (Fashion-MNIST
+            VQ-VAE, K = 2^9 ... 2^16, against fixed windows); the window in use is the buffer
+            ``dead_code_window``.
         dead_code_threshold: also re-seed codes whose running assignment count (an EMA over calls with
             decay 0.8, of the all-reduced per-call counts) drops below this many vectors (0 = off): rarely
             used codes are recycled too, which flattens usage (higher perplexity) at large K.
@@ -270,7 +278,7 @@ class VectorQuantizer(Quantizer):
         alternating_reassign: bool | None = None,
         kmeans_init: bool = True,
         kmeans_iters: int | None = None,
-        dead_code_steps: int = 1,
+        dead_code_steps: int | str = "auto",
         dead_code_threshold: float = 0.0,
         estimator: str = "ste",
         sampling_temperature: float = 0.0,
@@ -325,7 +333,10 @@ class VectorQuantizer(Quantizer):
                                  f"{spec.kind!r} codebook takes none (got {name}={value})")
         check_bool("kmeans_init", kmeans_init)
         check_bool("check_finite", check_finite)
-        check_int("dead_code_steps", dead_code_steps, 0)
+        if dead_code_steps != "auto":
+            if isinstance(dead_code_steps, str):
+                raise ValueError(f"dead_code_steps: expected an int >= 0 or 'auto', got {dead_code_steps!r}")
+            check_int("dead_code_steps", dead_code_steps, 0)
         self.dead_code_threshold = check_float("dead_code_threshold", dead_code_threshold, low=0.0)
         check_int("memory_budget", memory_budget, 1)
 
@@ -353,11 +364,21 @@ class VectorQuantizer(Quantizer):
             raise ValueError(f"codebook: {err}") from None
         self.register_buffer("initialized", torch.tensor(not self.kmeans_init))
         self.register_buffer("code_age", torch.zeros(codebook_size, dtype=torch.int64))
+        # calls unused after which a code is dead (fixed, or recomputed every training call with "auto")
+        window = 1 if dead_code_steps == "auto" else (dead_code_steps or DEAD_CODE_WINDOW)
+        self.register_buffer("dead_code_window", torch.tensor(window, dtype=torch.int64))
         if self.dead_code_threshold > 0:  # inf = not yet observed (the first call's counts are copied)
             self.register_buffer("usage_ema", torch.full((codebook_size,), float("inf")))
         self._needs_init = self.kmeans_init
         self._records: collections.deque[_Record] = collections.deque(maxlen=_RECORDS)
         self.register_load_state_dict_post_hook(_after_load)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # checkpoints written before the window was a buffer: keep this module's (fixed, or 1 for "auto")
+        state_dict.setdefault(prefix + "dead_code_window", self.dead_code_window.clone())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, codebook_size={self.codebook_size}, codebook_dim={self.codebook_dim}, "
@@ -531,12 +552,11 @@ class VectorQuantizer(Quantizer):
                 z, codes, self.diversity_temperature, self.metric, weight, self.memory_budget)
             gap = math.log(self.codebook_size) - regularizers["diversity_entropy"]
             total = total + self.diversity_weight * gap
-        window = self.dead_code_steps or DEAD_CODE_WINDOW
         mse = mse.detach()
         stats = {
             "usage": usage(counts),
             "perplexity": perplexity(counts),
-            "dead_codes": (self.code_age >= window).sum().float(),
+            "dead_codes": (self.code_age >= self.dead_code_window).sum().float(),
             "quantization_error": mse * self.codebook_dim,
             "vq_mse": mse,
             "commitment_loss": mse * self.commitment_weight,
@@ -565,13 +585,17 @@ class VectorQuantizer(Quantizer):
             init = torch.compiler.disable(self._kmeans_init) if compiling else self._kmeans_init
             init(z, weight)
         self.codes.update_statistics_(z, weight)
-        if self.dead_code_steps > 0 or self.dead_code_threshold > 0:
+        if self._replaces_by_age or self.dead_code_threshold > 0:
             self._replace_dead_codes(z, weight, compiling)
+
+    @property
+    def _replaces_by_age(self) -> bool:
+        return self.dead_code_steps == "auto" or self.dead_code_steps > 0
 
     def _maintenance_changes_state(self) -> bool:
         """Whether a training call can change what the next call computes (a recomputation of it then needs
         its record)."""
-        return (self._needs_init or self.alternating_steps > 0 or self.dead_code_steps > 0
+        return (self._needs_init or self.alternating_steps > 0 or self._replaces_by_age
                 or self.dead_code_threshold > 0 or isinstance(self.codes, (EMACodebook, RunningAffineCodebook)))
 
     def _kmeans_init(self, z: Tensor, weight: Tensor | None) -> None:
@@ -586,8 +610,8 @@ class VectorQuantizer(Quantizer):
     def _replace_dead_codes(self, z: Tensor, weight: Tensor | None, compiling: bool) -> None:
         """Shape-static: up to ``MAX_REPLACEMENTS_PER_STEP`` dead codes (lowest indices first) take fresh
         candidates drawn from this batch (all ranks); the rest wait for the next call."""
-        if self.dead_code_steps > 0:
-            dead = self.code_age >= self.dead_code_steps
+        if self._replaces_by_age:
+            dead = self.code_age >= self.dead_code_window
         else:
             dead = torch.zeros_like(self.code_age, dtype=torch.bool)
         if self.dead_code_threshold > 0:
@@ -615,6 +639,10 @@ class VectorQuantizer(Quantizer):
             counts = code_counts(indices, self.codebook_size, None if weight is None else weight > 0)
             dist_utils.all_reduce_sum_(counts)
         self.code_age.add_(1).masked_fill_(counts > 0, 0)
+        if self.dead_code_steps == "auto":  # counts are all-reduced: the same window on every rank
+            n = counts.sum().to(torch.float64).clamp_min(1.0)
+            window = torch.ceil(DEAD_CODE_COVERAGE * self.codebook_size / n).clamp_min(1.0)
+            self.dead_code_window.copy_(window.to(torch.int64))
         if self.dead_code_threshold > 0:
             ema = self.usage_ema
             c = counts.to(ema.dtype)

@@ -639,6 +639,7 @@ def run_ablation(
                "results": results}
     (out / ABLATION_JSON_FILE).write_text(json.dumps(payload, indent=1) + "\n")
     _write_curves(out, variants, budgets, table_rows, duplicates, seeds, task_metric)
+    _write_scaling_plots(out, vary, variants, budgets, table_rows, results, seeds, task_metric)
     return _write_table(out, base, variants, budgets, table_rows, missing, seeds, results, task_metric, total,
                         command, fixes, eval_scope, vary)
 
@@ -686,6 +687,39 @@ def _write_curves(out: Path, variants: list[Variant], budgets: list[int], rows: 
                     line_plot(curves_file(out, name, _dir_name(tag) if tag else ""), series,
                               title=f"{where} {key}{f' ({tag})' if tag else ''} ({what})", ylabel=key,
                               logy=key == "mse", bands=bands or None)
+
+
+def _write_scaling_plots(out: Path, vary: Mapping[str, Sequence[str]], variants: list[Variant], budgets: list[int],
+                         rows: list[Row], results: dict[str, Any], seeds: Sequence[int], task_metric: str) -> None:
+    """With ``quantizer.codebook_size`` the only varied recipe value (besides ``steps``): the held-out metrics
+    against K, one line per row (``scaling_<metric>.png``, per budget with several)."""
+    axis = "quantizer.codebook_size"
+    if axis not in vary or len(vary[axis]) < 2 or any(k not in (axis, "steps") for k in vary):
+        return
+    many = len(budgets) > 1
+    for b in budgets:
+        suffix = f"_steps={b}" if many else ""
+        for metric in (task_metric, "usage", "perplexity"):
+            series, bands = {}, {}
+            for row in rows:
+                points = []
+                for variant in variants:
+                    cell = results.get(_cell_key(variant, b, many, row.key), {})
+                    cell = results.get(cell["same_as"], {}) if "same_as" in cell else cell
+                    ms = cell.get("mean_std", {}).get(metric)
+                    if ms is not None:
+                        points.append((int(dict(variant.values)[axis]), ms))
+                if len(points) < 2:
+                    continue
+                points.sort(key=lambda p: p[0])
+                series[row.label] = ([k for k, _ in points], [m for _, (m, _) in points])
+                if len(seeds) > 1:
+                    bands[row.label] = ([m - s for _, (m, s) in points], [m + s for _, (m, s) in points])
+            if series:
+                line_plot(out / f"scaling{suffix}_{metric}.png", series, xlabel="codebook size K (the row's nominal K)",
+                          ylabel=metric, logx=True, logy=metric in ("mse", "perplexity"), bands=bands or None,
+                          title=f"held-out {metric} against K{f' ({b} steps)' if many else ''} "
+                                f"({_seeds_text(seeds).replace(', no spread', '')})")
 
 
 def _fmt_cell(ms: tuple[float, float | None] | None, scale: float, digits: int) -> str:
@@ -761,6 +795,10 @@ def _write_table(out: Path, base: Recipe, variants: list[Variant], budgets: list
         lines += ["", "Curves (per combination): " + "; ".join(
             ", ".join(f"[{tag} {k}]({curves_file(out, k, _dir_name(tag)).name})" for k in curve_names)
             for tag in (_combination(v, b, many) for v in variants for b in budgets))]
+    scaling = sorted(out.glob("scaling*_*.png")) if "quantizer.codebook_size" in vary else []
+    if scaling:
+        lines += ["", "Against K: " + ", ".join(f"[{p.stem.removeprefix('scaling').lstrip('_')}]({p.name})"
+                                                for p in scaling)]
     path = out / ABLATION_TABLE_FILE
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -39,6 +39,7 @@ def line_plot(
     xlabel: str = "step",
     ylabel: str = "",
     logy: bool = False,
+    logx: bool = False,
     smooth: int = 1,
     bands: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None,
 ) -> Path:
@@ -61,6 +62,8 @@ def line_plot(
             ax.fill_between(x, low, high, color=color, alpha=0.15, linewidth=0)
     if logy:
         ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log", base=2)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

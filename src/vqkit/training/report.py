@@ -69,8 +69,9 @@ def loss_terms(record: dict[str, Any], loss_weight: float, weights: tuple[float,
     return lines
 
 
-def usage_curve_notes(records: list[dict[str, Any]], dead_code_steps: int | None) -> list[str]:
-    """A paragraph explaining the training usage curve of ``records`` (train records), with its numbers."""
+def usage_curve_notes(records: list[dict[str, Any]], dead_code_steps: int | None, auto: bool = False) -> list[str]:
+    """A paragraph explaining the training usage curve of ``records`` (train records), with its numbers;
+    ``auto``: ``dead_code_steps`` is the window ``dead_code_steps="auto"`` chose."""
     steps, usage = _series(records, "usage")
     if len(usage) < 3:
         return []
@@ -93,8 +94,10 @@ def usage_curve_notes(records: list[dict[str, Any]], dead_code_steps: int | None
                 when = f" (here {_pct(u5)} at step {s5})"
             else:
                 when = f" (after step {dead_code_steps}, later than this run's last step {steps[-1]})"
-            text += (f"dead-code replacement re-seeds every code that was not chosen for `dead_code_steps` = "
-                     f"{dead_code_steps} steps on current embeddings, so usage jumps back once that many steps "
+            setting = (f'`dead_code_steps="auto"` (here {dead_code_steps})' if auto
+                       else f"`dead_code_steps` = {dead_code_steps}")
+            text += (f"dead-code replacement re-seeds every code that was not chosen for {setting} "
+                     f"steps on current embeddings, so usage jumps back once that many steps "
                      f"have passed{when}; a smaller `dead_code_steps` (or a `dead_code_threshold`) shortens the "
                      "dip.")
         else:
@@ -197,6 +200,10 @@ def write_report(run_dir: str | Path, *, num_images: int = 16, verbose: bool = F
     dead_code_steps = getattr(quantizer, "dead_code_steps", None)
     if dead_code_steps is None:
         dead_code_steps = recipe.quantizer.args.get("dead_code_steps")
+    auto = dead_code_steps == "auto"
+    if auto:  # the window the run ended with (grows with K / vectors per call)
+        window = getattr(quantizer, "dead_code_window", None)
+        dead_code_steps = int(window) if window is not None else 1
     cw, bw = getattr(quantizer, "commitment_weight", None), getattr(quantizer, "codebook_weight", None)
     weights = (float(cw), float(bw)) if isinstance(cw, (int, float)) and isinstance(bw, (int, float)) else None
 
@@ -231,7 +238,8 @@ def write_report(run_dir: str | Path, *, num_images: int = 16, verbose: bool = F
                  "commitment term pulls the encoder's outputs to their codes, the codebook term the codes to the "
                  "outputs." if "vq_mse" in last else "."), ""]
     lines += loss_terms(last, weight, weights)
-    usage_text = usage_curve_notes(train_records, dead_code_steps if isinstance(dead_code_steps, int) else None)
+    usage_text = usage_curve_notes(train_records, dead_code_steps if isinstance(dead_code_steps, int) else None,
+                                   auto)
     lines += ["", f"## Last training record (step {last['step']})", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in last.items() if k not in ("step", "split")]
     for title, path in images:

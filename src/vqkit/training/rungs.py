@@ -44,8 +44,8 @@ def _vq(**flags: Any) -> Callable[[QuantizerConfig, dict[str, Any]], QuantizerCo
         # explicit fix settings apply where the rung uses that fix (e.g. alternating_lr only with alternating steps)
         for k, v in fixes.items():
             uses = {
-                    "sync_nu": args.get("sync_nu", 0) > 0, "dead_code_steps": args.get("dead_code_steps", 0) > 0,
-                    "dead_code_threshold": args.get("dead_code_steps", 0) > 0,
+                    "sync_nu": args.get("sync_nu", 0) > 0, "dead_code_steps": args.get("dead_code_steps", 0) != 0,
+                    "dead_code_threshold": args.get("dead_code_steps", 0) != 0,
                     "alternating_lr": args.get("alternating_steps", 0) > 0,
                     "alternating_reassign": args.get("alternating_steps", 0) > 0,
                     "alternating_steps": args.get("alternating_steps", 0) > 0}.get(k, True)
