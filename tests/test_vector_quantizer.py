@@ -480,3 +480,14 @@ def test_auto_window_survives_a_checkpoint_and_old_checkpoints_load():
 def test_dead_code_steps_rejects_bad_values(bad, err):
     with pytest.raises(err, match="dead_code_steps"):
         VectorQuantizer(4, 8, dead_code_steps=bad)
+
+
+def test_a_fixed_window_is_the_argument_not_the_checkpoint():
+    """Resuming with another fixed dead_code_steps uses the new one (the checkpoint does not undo it)."""
+    saved = VectorQuantizer(4, 8, dead_code_steps=20).state_dict()
+    vq = VectorQuantizer(4, 8, dead_code_steps=5)
+    vq.load_state_dict(saved)
+    assert int(vq.dead_code_window) == 5
+    auto = VectorQuantizer(4, 8)
+    auto.load_state_dict({**auto.state_dict(), "dead_code_window": torch.tensor(7)})
+    assert int(auto.dead_code_window) == 7  # "auto" continues from the checkpoint's window

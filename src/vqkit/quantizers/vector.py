@@ -99,7 +99,7 @@ USAGE_EMA_DECAY = 0.8
 #: ``dead_code_steps="auto"``: a code is dead after ``ceil(DEAD_CODE_COVERAGE * K / n)`` calls unused (at least 1),
 #: ``n`` the vectors of the last training call (all ranks): the calls in which the batches could have chosen every
 #: code this many times over. It is 1 while a batch holds at least this many vectors per code.
-DEAD_CODE_COVERAGE = 2.0
+DEAD_CODE_COVERAGE = 2
 
 #: most codes re-seeded in one step (the candidates drawn per step; more dead codes wait a step).
 MAX_REPLACEMENTS_PER_STEP = 4096
@@ -375,8 +375,11 @@ class VectorQuantizer(Quantizer):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
-        # checkpoints written before the window was a buffer: keep this module's (fixed, or 1 for "auto")
-        state_dict.setdefault(prefix + "dead_code_window", self.dead_code_window.clone())
+        # a fixed window is this module's argument, not the checkpoint's (a changed dead_code_steps must not be
+        # silently undone by a resume); "auto" keeps the checkpoint's, or 1 from checkpoints without the buffer
+        key = prefix + "dead_code_window"
+        if self.dead_code_steps != "auto" or key not in state_dict:
+            state_dict[key] = self.dead_code_window.clone()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
@@ -640,9 +643,9 @@ class VectorQuantizer(Quantizer):
             dist_utils.all_reduce_sum_(counts)
         self.code_age.add_(1).masked_fill_(counts > 0, 0)
         if self.dead_code_steps == "auto":  # counts are all-reduced: the same window on every rank
-            n = counts.sum().to(torch.float64).clamp_min(1.0)
-            window = torch.ceil(DEAD_CODE_COVERAGE * self.codebook_size / n).clamp_min(1.0)
-            self.dead_code_window.copy_(window.to(torch.int64))
+            n = counts.sum().round().to(torch.int64).clamp_min(1)  # integer math: exact, and on every device
+            self.dead_code_window.copy_(torch.div(DEAD_CODE_COVERAGE * self.codebook_size + n - 1, n,
+                                                  rounding_mode="floor").clamp_min(1))
         if self.dead_code_threshold > 0:
             ema = self.usage_ema
             c = counts.to(ema.dtype)

@@ -639,9 +639,9 @@ def run_ablation(
                "results": results}
     (out / ABLATION_JSON_FILE).write_text(json.dumps(payload, indent=1) + "\n")
     _write_curves(out, variants, budgets, table_rows, duplicates, seeds, task_metric)
-    _write_scaling_plots(out, vary, variants, budgets, table_rows, results, seeds, task_metric)
+    scaling = _write_scaling_plots(out, vary, variants, budgets, table_rows, results, seeds, task_metric)
     return _write_table(out, base, variants, budgets, table_rows, missing, seeds, results, task_metric, total,
-                        command, fixes, eval_scope, vary)
+                        command, fixes, eval_scope, vary, scaling)
 
 
 def _eval_scope(base: Recipe, n_test: int) -> str:
@@ -690,12 +690,13 @@ def _write_curves(out: Path, variants: list[Variant], budgets: list[int], rows: 
 
 
 def _write_scaling_plots(out: Path, vary: Mapping[str, Sequence[str]], variants: list[Variant], budgets: list[int],
-                         rows: list[Row], results: dict[str, Any], seeds: Sequence[int], task_metric: str) -> None:
+                         rows: list[Row], results: dict[str, Any], seeds: Sequence[int], task_metric: str) -> list[Path]:
     """With ``quantizer.codebook_size`` the only varied recipe value (besides ``steps``): the held-out metrics
-    against K, one line per row (``scaling_<metric>.png``, per budget with several)."""
+    against K, one line per row (``scaling_<metric>.png``, per budget with several). Returns the files written."""
     axis = "quantizer.codebook_size"
+    written: list[Path] = []
     if axis not in vary or len(vary[axis]) < 2 or any(k not in (axis, "steps") for k in vary):
-        return
+        return written
     many = len(budgets) > 1
     for b in budgets:
         suffix = f"_steps={b}" if many else ""
@@ -716,10 +717,12 @@ def _write_scaling_plots(out: Path, vary: Mapping[str, Sequence[str]], variants:
                 if len(seeds) > 1:
                     bands[row.label] = ([m - s for _, (m, s) in points], [m + s for _, (m, s) in points])
             if series:
-                line_plot(out / f"scaling{suffix}_{metric}.png", series, xlabel="codebook size K (the row's nominal K)",
+                written.append(out / f"scaling{suffix}_{metric}.png")
+                line_plot(written[-1], series, xlabel="codebook size K (the row's nominal K)",
                           ylabel=metric, logx=True, logy=metric in ("mse", "perplexity"), bands=bands or None,
                           title=f"held-out {metric} against K{f' ({b} steps)' if many else ''} "
                                 f"({_seeds_text(seeds).replace(', no spread', '')})")
+    return written
 
 
 def _fmt_cell(ms: tuple[float, float | None] | None, scale: float, digits: int) -> str:
@@ -731,7 +734,8 @@ def _fmt_cell(ms: tuple[float, float | None] | None, scale: float, digits: int) 
 
 def _write_table(out: Path, base: Recipe, variants: list[Variant], budgets: list[int], rows: list[Row],
                  missing: list[Rung], seeds: Sequence[int], results: dict[str, Any], task_metric: str, total: float,
-                 command: str, fixes: dict[str, Any], eval_scope: str, vary: Mapping[str, Sequence[str]]) -> Path:
+                 command: str, fixes: dict[str, Any], eval_scope: str, vary: Mapping[str, Sequence[str]],
+                 scaling: Sequence[Path] = ()) -> Path:
     many = len(budgets) > 1
     varied = [k for k in vary if k != "steps"] + (["steps"] if many else [])
     task_head, task_args = ("test MSE", (1.0, 4)) if task_metric == "mse" else ("test accuracy (%)", (100.0, 1))
@@ -795,8 +799,7 @@ def _write_table(out: Path, base: Recipe, variants: list[Variant], budgets: list
         lines += ["", "Curves (per combination): " + "; ".join(
             ", ".join(f"[{tag} {k}]({curves_file(out, k, _dir_name(tag)).name})" for k in curve_names)
             for tag in (_combination(v, b, many) for v in variants for b in budgets))]
-    scaling = sorted(out.glob("scaling*_*.png")) if "quantizer.codebook_size" in vary else []
-    if scaling:
+    if scaling:  # the plots this table wrote (not older files in the same directory)
         lines += ["", "Against K: " + ", ".join(f"[{p.stem.removeprefix('scaling').lstrip('_')}]({p.name})"
                                                 for p in scaling)]
     path = out / ABLATION_TABLE_FILE
