@@ -94,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else root / "alignment.md"
     results: dict[str, list[dict[str, float]]] = {}
     for rung in args.rungs:
-        for run in sorted((root / rung).glob("seed*"), key=lambda r: int(r.name[4:])):
+        # run directories only (``vqkit ablate`` keeps ``seedN.lock`` files beside them)
+        runs = [r for r in (root / rung).glob("seed*") if r.is_dir() and r.name[4:].isdigit()]
+        if not runs:
+            raise SystemExit(f"codebook_alignment: no run directories seedN under {root / rung}")
+        for run in sorted(runs, key=lambda r: int(r.name[4:])):
             results.setdefault(rung, []).append(measure(run, args.images))
             print(f"{rung} {run.name}: {results[rung][-1]}", file=sys.stderr)
     lines = [f"# Codebook vs embeddings at the end of training: {root.name}", "", "```",

@@ -95,6 +95,18 @@ def test_varied_values_and_budgets_share_one_run(tiny_recipe, tmp_path, monkeypa
     assert [r["step"] for r in read_metrics(out / "codebook_size=16/defaults/seed0", "train")] == list(range(1, 13))
 
 
+@pytest.mark.parametrize("vary", [None, {"quantizer.codebook_size": ["16"]}, {"steps": ["4", "8"]}])
+def test_every_linked_plot_exists(tiny_recipe, tmp_path, vary):
+    # one varied value still names the curve files after it: the table must link those names
+    import re
+    out = tmp_path / "links"
+    text = run_ablation(tiny_recipe(8, "log.eval_every=4", "log.checkpoint_every=0"), out, seeds=[0],
+                        rungs=["defaults"], progress=False, vary=vary).read_text()
+    links = re.findall(r"\]\(([^)]+\.png)\)", text)
+    assert len(links) >= 4
+    assert [name for name in links if not (out / name).is_file()] == []
+
+
 def test_budgets_need_the_constant_schedule_and_evaluations(tiny_recipe, tmp_path):
     base = tiny_recipe(8, "log.eval_every=4")
     with pytest.raises(RecipeError, match="not multiples of log.eval_every = 4"):

@@ -793,12 +793,13 @@ def _write_table(out: Path, base: Recipe, variants: list[Variant], budgets: list
         extra = r["recipe_overrides"]
         lines.append(f"- {r['label']}: `{q}`" + (f"; recipe: `{', '.join(f'{k}={v!r}' for k, v in extra.items())}`" if extra else ""))
     curve_names = ["usage", "perplexity", task_metric, "train_usage"]
-    if len(variants) == 1 and not many:
+    tags = [_combination(v, b, many) for v in variants for b in budgets]  # the names _write_curves used
+    if tags == [""]:
         lines += ["", "Curves: " + ", ".join(f"[{k}]({curves_file(out, k).name})" for k in curve_names)]
     else:
         lines += ["", "Curves (per combination): " + "; ".join(
             ", ".join(f"[{tag} {k}]({curves_file(out, k, _dir_name(tag)).name})" for k in curve_names)
-            for tag in (_combination(v, b, many) for v in variants for b in budgets))]
+            for tag in tags)]
     if scaling:  # the plots this table wrote (not older files in the same directory)
         lines += ["", "Against K: " + ", ".join(f"[{p.stem.removeprefix('scaling').lstrip('_')}]({p.name})"
                                                 for p in scaling)]
