@@ -29,7 +29,7 @@ import torch
 
 from vqkit.training import build_from_recipe, latest_checkpoint, load_datasets, load_model_weights
 from vqkit.training.recipe import load_recipe
-from vqkit.training.rundir import RunDir
+from vqkit.training.rundir import RunDir, ablation_run_dirs
 
 
 def _alpha(quantizer: torch.nn.Module) -> torch.Tensor | None:
@@ -94,11 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else root / "alignment.md"
     results: dict[str, list[dict[str, float]]] = {}
     for rung in args.rungs:
-        # run directories only (``vqkit ablate`` keeps ``seedN.lock`` files beside them)
-        runs = [r for r in (root / rung).glob("seed*") if r.is_dir() and r.name[4:].isdigit()]
+        runs = ablation_run_dirs(root, rung)
         if not runs:
             raise SystemExit(f"codebook_alignment: no run directories seedN under {root / rung}")
-        for run in sorted(runs, key=lambda r: int(r.name[4:])):
+        for run in runs:
             results.setdefault(rung, []).append(measure(run, args.images))
             print(f"{rung} {run.name}: {results[rung][-1]}", file=sys.stderr)
     lines = [f"# Codebook vs embeddings at the end of training: {root.name}", "", "```",

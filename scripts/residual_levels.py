@@ -26,7 +26,7 @@ import torch
 from vqkit.metrics import perplexity
 from vqkit.training import build_from_recipe, evaluate_levels, latest_checkpoint, load_datasets, load_model_weights
 from vqkit.training.recipe import load_recipe
-from vqkit.training.rundir import RunDir
+from vqkit.training.rundir import RunDir, ablation_run_dirs
 
 
 def _mean_std(values: list[float]) -> str:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict]] = {}
     test = None
     for rung in args.rungs:
-        runs = sorted((root / rung).glob("seed*"), key=lambda q: int(q.name[4:]))
+        runs = ablation_run_dirs(root, rung)
         if not runs:
             raise SystemExit(f"no runs under {root / rung}")
         for run in runs:

@@ -4,6 +4,7 @@ lowest training usage, reuse / extension of runs, and several processes sharing 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -98,7 +99,6 @@ def test_varied_values_and_budgets_share_one_run(tiny_recipe, tmp_path, monkeypa
 @pytest.mark.parametrize("vary", [None, {"quantizer.codebook_size": ["16"]}, {"steps": ["4", "8"]}])
 def test_every_linked_plot_exists(tiny_recipe, tmp_path, vary):
     # one varied value still names the curve files after it: the table must link those names
-    import re
     out = tmp_path / "links"
     text = run_ablation(tiny_recipe(8, "log.eval_every=4", "log.checkpoint_every=0"), out, seeds=[0],
                         rungs=["defaults"], progress=False, vary=vary).read_text()

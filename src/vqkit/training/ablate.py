@@ -278,6 +278,13 @@ def _combination(variant: Variant, budget: int, many_budgets: bool) -> str:
     return ",".join(([variant.tag] if variant.tag else []) + ([f"steps={budget}"] if many_budgets else []))
 
 
+def _curve_combinations(variants: list[Variant], budgets: list[int]) -> list[tuple[Variant, int, str]]:
+    """``(variant, budget, name)`` of every combination that gets its own curves (name "" for a single one without a
+    varied value): the one source of the curve file names, for the plots and the table's links."""
+    many = len(budgets) > 1
+    return [(v, b, _combination(v, b, many)) for v in variants for b in budgets]
+
+
 def _cell_key(variant: Variant, budget: int, many_budgets: bool, row: str) -> str:
     prefix = _combination(variant, budget, many_budgets)
     return f"{prefix}/{row}" if prefix else row
@@ -661,32 +668,29 @@ def _seeds_text(seeds: Sequence[int]) -> str:
 
 def _write_curves(out: Path, variants: list[Variant], budgets: list[int], rows: list[Row],
                   duplicates: dict[tuple[str, str], str], seeds: Sequence[int], task_metric: str) -> None:
-    many = len(budgets) > 1
-    for variant in variants:
-        for b in budgets:
-            tag = _combination(variant, b, many)
-            for key, split in (("usage", "test"), ("perplexity", "test"), (task_metric, "test"), ("usage", "train")):
-                series, bands = {}, {}
-                for row in rows:
-                    if (variant.tag, row.key) in duplicates:
-                        continue
-                    runs = [[r for r in read_metrics(ablation_run_dir(out, row.key, s, variant.tag), split)
-                             if r["step"] <= b and key in r] for s in seeds]
-                    steps = [r["step"] for r in runs[0] if all(any(q["step"] == r["step"] for q in run) for run in runs)]
-                    if not steps:
-                        continue
-                    by_step = [[next(q[key] for q in run if q["step"] == st) for run in runs] for st in steps]
-                    stats = [_mean_std(v) for v in by_step]
-                    series[row.label] = (steps, [m for m, _ in stats])
-                    if len(seeds) > 1:
-                        bands[row.label] = ([m - s for m, s in stats], [m + s for m, s in stats])
-                if series:
-                    what = _seeds_text(seeds).replace(", no spread", "")
-                    name = key if split == "test" else f"train_{key}"
-                    where = "training" if split == "train" else "held-out"
-                    line_plot(curves_file(out, name, _dir_name(tag) if tag else ""), series,
-                              title=f"{where} {key}{f' ({tag})' if tag else ''} ({what})", ylabel=key,
-                              logy=key == "mse", bands=bands or None)
+    for variant, b, tag in _curve_combinations(variants, budgets):
+        for key, split in (("usage", "test"), ("perplexity", "test"), (task_metric, "test"), ("usage", "train")):
+            series, bands = {}, {}
+            for row in rows:
+                if (variant.tag, row.key) in duplicates:
+                    continue
+                runs = [[r for r in read_metrics(ablation_run_dir(out, row.key, s, variant.tag), split)
+                         if r["step"] <= b and key in r] for s in seeds]
+                steps = [r["step"] for r in runs[0] if all(any(q["step"] == r["step"] for q in run) for run in runs)]
+                if not steps:
+                    continue
+                by_step = [[next(q[key] for q in run if q["step"] == st) for run in runs] for st in steps]
+                stats = [_mean_std(v) for v in by_step]
+                series[row.label] = (steps, [m for m, _ in stats])
+                if len(seeds) > 1:
+                    bands[row.label] = ([m - s for m, s in stats], [m + s for m, s in stats])
+            if series:
+                what = _seeds_text(seeds).replace(", no spread", "")
+                name = key if split == "test" else f"train_{key}"
+                where = "training" if split == "train" else "held-out"
+                line_plot(curves_file(out, name, _dir_name(tag) if tag else ""), series,
+                          title=f"{where} {key}{f' ({tag})' if tag else ''} ({what})", ylabel=key,
+                          logy=key == "mse", bands=bands or None)
 
 
 def _write_scaling_plots(out: Path, vary: Mapping[str, Sequence[str]], variants: list[Variant], budgets: list[int],
@@ -793,7 +797,7 @@ def _write_table(out: Path, base: Recipe, variants: list[Variant], budgets: list
         extra = r["recipe_overrides"]
         lines.append(f"- {r['label']}: `{q}`" + (f"; recipe: `{', '.join(f'{k}={v!r}' for k, v in extra.items())}`" if extra else ""))
     curve_names = ["usage", "perplexity", task_metric, "train_usage"]
-    tags = [_combination(v, b, many) for v in variants for b in budgets]  # the names _write_curves used
+    tags = [tag for _, _, tag in _curve_combinations(variants, budgets)]  # the names _write_curves used
     if tags == [""]:
         lines += ["", "Curves: " + ", ".join(f"[{k}]({curves_file(out, k).name})" for k in curve_names)]
     else:

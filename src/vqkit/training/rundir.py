@@ -66,6 +66,7 @@ __all__ = [
     "checkpoint_name",
     "checkpoint_step",
     "ablation_run_dir",
+    "ablation_run_dirs",
     "run_lock_file",
     "curves_file",
     "generative_run_dirs",
@@ -118,6 +119,14 @@ def ablation_run_dir(out: str | Path, rung: str, seed: int, variant: str = "") -
     """The run directory of one (rung, seed) of an ablation in ``out`` (under ``variant/`` when given)."""
     root = Path(out) / variant if variant else Path(out)
     return root / rung / f"seed{seed}"
+
+
+def ablation_run_dirs(out: str | Path, rung: str, variant: str = "") -> list[Path]:
+    """The existing run directories of one rung of an ablation in ``out``, in seed order (not the
+    ``seed<k>.lock`` files beside them)."""
+    root = ablation_run_dir(out, rung, 0, variant).parent
+    runs = [r for r in root.glob("seed*") if r.is_dir() and r.name[4:].isdigit()]
+    return sorted(runs, key=lambda r: int(r.name[4:]))
 
 
 def run_lock_file(run_dir: str | Path) -> Path:
