@@ -343,6 +343,39 @@ def test_two_process_training_writes_once_and_resumes(tmp_path):
     assert latest_checkpoint(run).name == "step_00000012"
 
 
+def test_teardown_waits_for_every_rank_only_after_a_clean_run(monkeypatch, tmp_path):
+    """The group is destroyed after a barrier when training finished, without one when it raised (a rank that
+    raised must not wait for ranks that may never arrive), and never when the caller owns it."""
+    from vqkit.training import parallel, trainer
+
+    calls = []
+    monkeypatch.setattr(parallel.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(parallel.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(parallel.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    ours = parallel.DistContext(0, 2, 0, torch.device("cpu"), owns_group=True)
+    parallel.teardown(ours)
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    parallel.teardown(ours, clean=False)
+    assert calls == ["destroy"]
+    calls.clear()
+    parallel.teardown(parallel.DistContext(0, 2, 0, torch.device("cpu"), owns_group=False))
+    assert calls == []
+    # train(): a clean return tears down with the barrier, an exception without it (and still raises)
+    monkeypatch.setattr(trainer.parallel, "setup", lambda device: ours)
+    monkeypatch.setattr(trainer, "_train", lambda *a, **k: "result")
+    assert train(tiny(1), tmp_path / "a") == "result" and calls == ["barrier", "destroy"]
+    calls.clear()
+
+    def fails(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(trainer, "_train", fails)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(tiny(1), tmp_path / "b")
+    assert calls == ["destroy"]
+
+
 # ----------------------------------------------------------------------------------------------
 # honest output
 # ----------------------------------------------------------------------------------------------

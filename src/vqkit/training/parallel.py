@@ -7,6 +7,7 @@ the environment and initializes the default process group itself (gloo on CPU, n
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -66,7 +67,18 @@ def setup(device: str) -> DistContext:
     return DistContext(dist_utils.rank(), dist_utils.world_size(), local_rank, dev, owns)
 
 
-def teardown(ctx: DistContext) -> None:
-    """Destroy the process group if :func:`setup` created it."""
-    if ctx.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(ctx: DistContext, *, clean: bool = True) -> None:
+    """Destroy the process group if :func:`setup` created it.
+
+    First the garbage collector frees what still holds the group (a DistributedDataParallel reducer lives in
+    reference cycles: left to the interpreter's exit, gloo's worker threads can be destroyed while joinable,
+    which aborts the process); then, after a clean run (``clean``), every rank waits at a barrier so that no
+    rank closes its connections while another still talks over them. After an exception the barrier is
+    skipped: a rank that raised must not wait for ranks that may never arrive.
+    """
+    if not (ctx.owns_group and dist.is_initialized()):
+        return
+    gc.collect()
+    if clean:
+        dist.barrier()
+    dist.destroy_process_group()

@@ -189,10 +189,13 @@ def train(
     recipe.validate()
     ctx = parallel.setup(recipe.device)
     try:
-        return _train(recipe, RunDir(out_dir), ctx, resume, on_step, label or recipe.name, handle_signals,
-                      list(notes))
-    finally:
-        parallel.teardown(ctx)
+        result = _train(recipe, RunDir(out_dir), ctx, resume, on_step, label or recipe.name, handle_signals,
+                        list(notes))
+    except BaseException:
+        parallel.teardown(ctx, clean=False)
+        raise
+    parallel.teardown(ctx)
+    return result
 
 
 def _check_out_dir(run: RunDir, resume: bool) -> None:
