@@ -193,3 +193,58 @@ def test_requires_grad_false_freezes_a_gradient_trained_codebook():
     frozen_call(torch.randn(64, 8), freeze_codebook=True)
     for name, t in frozen_call.state_dict().items():
         assert torch.equal(t, state[name]), name
+
+
+# ----------------------------------------------------------------------------------------------
+# replacement_sampling: which batch rows re-seed dead codes
+# ----------------------------------------------------------------------------------------------
+
+
+def test_replacement_candidates_follow_the_row_weights():
+    from vqkit.maintenance import replacement_candidates
+
+    torch.manual_seed(0)
+    z = torch.arange(6, dtype=torch.float32)[:, None].repeat(1, 3) * 10.0  # row i is (10 i, 10 i, 10 i)
+    weight = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0])  # row 4 is padding
+    rows = torch.tensor([0.0, 0.0, 3.0, 1.0, 100.0, 0.0])  # only rows 2 and 3 may be drawn, 3:1
+    cand, ok = replacement_candidates(z, weight, 4000, noise=0.0, row_weight=rows)
+    drawn = cand[:, 0] / 10.0
+    assert bool(ok) and set(drawn.unique().tolist()) == {2.0, 3.0}
+    assert abs((drawn == 2.0).float().mean().item() - 0.75) < 0.03
+    # no valid row with weight: the uniform draw over the valid rows, never the padding
+    cand, _ = replacement_candidates(z, weight, 4000, noise=0.0, row_weight=torch.tensor([0, 0, 0, 0, 5.0, 0]))
+    assert set((cand[:, 0] / 10.0).unique().tolist()) == {0.0, 1.0, 2.0, 3.0, 5.0}
+
+
+@pytest.mark.parametrize("rule", ["crowded", "error"])
+def test_replacement_row_weights_equal_brute_force(rule):
+    torch.manual_seed(1)
+    vq = VectorQuantizer(4, 8, codebook="plain", kmeans_init=False, replacement_sampling=rule)
+    z = torch.randn(50, 4)
+    weight = (torch.rand(50) > 0.2).float()
+    got = vq._replacement_row_weight(z, weight)
+    d = torch.cdist(z.double(), vq.latent_codebook.double()).square()
+    nearest = d.argmin(1)
+    if rule == "error":
+        want = d.min(1).values
+    else:
+        want = torch.stack([(weight.double() * (nearest == nearest[i])).sum() for i in range(50)])
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+    assert VectorQuantizer(4, 8)._replacement_row_weight(z, weight) is None  # uniform: no extra search
+
+
+def test_error_sampling_reseeds_dead_codes_where_the_codebook_fits_worst():
+    """Rows that sit on a code have error 0 and never re-seed; the dead code goes to the far cluster."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(2, 3, codebook="plain", kmeans_init=False, dead_code_steps=1, alternating_steps=0,
+                         sync_nu=0.0, replacement_sampling="error")
+    with torch.no_grad():
+        vq.codes.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [-50.0, -50.0]]))
+    near = torch.tensor([[0.0, 0.0], [1.0, 0.0]]).repeat(40, 1)  # on codes 0 and 1
+    far = torch.tensor([[20.0, 20.0]]) + 0.1 * torch.randn(5, 2)  # nearest to code 1, far from every code
+    vq.train()
+    vq(torch.cat([near, far]))  # code 2 unused: dead after this call
+    vq(torch.cat([near, far]))  # re-seeded before this call's search
+    assert vq.latent_codebook[2].sub(torch.tensor([20.0, 20.0])).norm() < 2.0
+    with pytest.raises(ValueError, match="replacement_sampling: expected one of"):
+        VectorQuantizer(2, 3, replacement_sampling="worst")

@@ -108,7 +108,8 @@ def kmeans(
     return centers
 
 
-def replacement_candidates(z: Tensor, weight: Tensor | None, count: int, noise: float = 0.01) -> tuple[Tensor, Tensor]:
+def replacement_candidates(z: Tensor, weight: Tensor | None, count: int, noise: float = 0.01,
+                           row_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``count`` candidate codes drawn from the valid rows of ``z``, identical on every rank (shape-static).
 
     Each rank draws ``count`` rows (with replacement) from its rows with ``weight > 0`` and adds Gaussian noise of
@@ -122,6 +123,8 @@ def replacement_candidates(z: Tensor, weight: Tensor | None, count: int, noise: 
         weight: optional ``(N,)`` row weights (0 = masked).
         count: number of candidates.
         noise: relative noise scale.
+        row_weight: optional ``(N,)`` non-negative sampling weights of the rows (default: uniform over the
+            valid rows); where every valid row has weight 0 the draw is uniform over the valid rows.
     Returns:
         ``(count, D)`` candidates in >= fp32 and a bool scalar: True if any rank had a valid row.
     """
@@ -135,6 +138,9 @@ def replacement_candidates(z: Tensor, weight: Tensor | None, count: int, noise: 
         valid = torch.ones(n, dtype=torch.bool, device=z.device) if weight is None else weight > 0
         ok = valid.any()
         probs = torch.where(ok, valid.to(acc), torch.ones(n, dtype=acc, device=z.device))
+        if row_weight is not None:  # shape-static: fall back to the uniform draw when no valid row has weight
+            weighted = probs * row_weight.to(acc).clamp_min(0.0)
+            probs = torch.where(weighted.sum() > 0, weighted, probs)
         idx = torch.multinomial(probs, count, replacement=True)
         rows = z[idx].to(acc)
         # noise relative to the batch's spread about its mean (a row's norm would grow with the data's offset)

@@ -101,6 +101,9 @@ USAGE_EMA_DECAY = 0.8
 #: code this many times over. It is 1 while a batch holds at least this many vectors per code.
 DEAD_CODE_COVERAGE = 2
 
+#: ``replacement_sampling`` choices: the rule by which batch rows re-seed dead codes.
+REPLACEMENT_SAMPLING = ("uniform", "crowded", "error")
+
 #: most codes re-seeded in one step (the candidates drawn per step; more dead codes wait a step).
 MAX_REPLACEMENTS_PER_STEP = 4096
 
@@ -231,6 +234,12 @@ class VectorQuantizer(Quantizer):
         dead_code_threshold: also re-seed codes whose running assignment count (an EMA over calls with
             decay 0.8, of the all-reduced per-call counts) drops below this many vectors (0 = off): rarely
             used codes are recycled too, which flattens usage (higher perplexity) at large K.
+        replacement_sampling: which rows of the batch re-seed dead codes: ``"uniform"`` (the default: every
+            valid row equally likely, so a region is drawn in proportion to its mass), ``"crowded"`` (a row in
+            proportion to how many rows of the batch share its nearest code: re-seeded codes split the most
+            used codes) or ``"error"`` (in proportion to its squared distance to its nearest code, k-means++'s
+            rule: they go where the codebook fits worst). The last two cost one extra search of the batch
+            in the calls that replace a code.
         estimator: ``"ste"`` (straight-through) or ``"rotation"`` (rotation trick).
         sampling_temperature: > 0 draws each training assignment from ``softmax(-distance / T)`` (Gumbel-max,
             straight-through output) instead of taking the nearest code; eval always takes the nearest.
@@ -280,6 +289,7 @@ class VectorQuantizer(Quantizer):
         kmeans_iters: int | None = None,
         dead_code_steps: int | str = "auto",
         dead_code_threshold: float = 0.0,
+        replacement_sampling: str = "uniform",
         estimator: str = "ste",
         sampling_temperature: float = 0.0,
         orthogonal_weight: float = 0.0,
@@ -338,6 +348,8 @@ class VectorQuantizer(Quantizer):
                 raise ValueError(f"dead_code_steps: expected an int >= 0 or 'auto', got {dead_code_steps!r}")
             check_int("dead_code_steps", dead_code_steps, 0)
         self.dead_code_threshold = check_float("dead_code_threshold", dead_code_threshold, low=0.0)
+        check_choice("replacement_sampling", replacement_sampling, REPLACEMENT_SAMPLING)
+        self.replacement_sampling = replacement_sampling
         check_int("memory_budget", memory_budget, 1)
 
         self.codebook_size = codebook_size
@@ -389,6 +401,8 @@ class VectorQuantizer(Quantizer):
                 f"alternating_steps={self.alternating_steps}, kmeans_init={self.kmeans_init}, "
                 f"dead_code_steps={self.dead_code_steps}, "
                 + (f"dead_code_threshold={self.dead_code_threshold}, " if self.dead_code_threshold else "")
+                + (f"replacement_sampling={self.replacement_sampling!r}, "
+                   if self.replacement_sampling != "uniform" else "")
                 + f"estimator={self.estimator!r}")
 
     def _apply(self, fn, recurse: bool = True):
@@ -622,7 +636,7 @@ class VectorQuantizer(Quantizer):
         if not compiling and z.device.type == "cpu" and not bool(dead.any()):
             return  # free on CPU; identical on every rank (the ages and counts are all-reduced)
         count = min(self.codebook_size, MAX_REPLACEMENTS_PER_STEP)
-        cand, any_valid = replacement_candidates(z, weight, count)
+        cand, any_valid = replacement_candidates(z, weight, count, row_weight=self._replacement_row_weight(z, weight))
         if self.metric == "cosine":
             cand = F.normalize(cand, dim=-1)
         slot = torch.cumsum(dead.to(torch.int64), 0) - 1
@@ -631,6 +645,20 @@ class VectorQuantizer(Quantizer):
         self.code_age.masked_fill_(take, 0)
         if self.dead_code_threshold > 0:
             self.usage_ema.copy_(torch.where(take, self.dead_code_threshold, self.usage_ema))
+
+    def _replacement_row_weight(self, z: Tensor, weight: Tensor | None) -> Tensor | None:
+        """Per-row sampling weight ``(N,)`` of ``replacement_sampling`` on the current codes (None = uniform)."""
+        if self.replacement_sampling == "uniform":
+            return None
+        with torch.no_grad():
+            found = self.search(z, self.effective_codes(True).detach())
+            if self.replacement_sampling == "error":
+                return found.distances.clamp_min(0.0)
+            batch_counts = torch.zeros(self.codebook_size, dtype=accumulation_dtype(z), device=z.device)
+            ones = torch.ones_like(found.indices, dtype=batch_counts.dtype) if weight is None else weight.to(
+                batch_counts.dtype)
+            batch_counts.index_add_(0, found.indices, ones)
+            return batch_counts[found.indices]
 
     def _bookkeep(self, z: Tensor, indices: Tensor, weight: Tensor | None) -> Tensor:
         """After the assignment of a training call: all-reduced counts, code ages, usage EMA, and the
