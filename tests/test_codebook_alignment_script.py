@@ -1,4 +1,5 @@
-"""scripts/codebook_alignment.py finds the run directories of an ablation (not its lock files)."""
+"""scripts/codebook_alignment.py finds the run directories of an ablation (not its lock files); scripts/code_mass.py
+counts code masses right."""
 
 from __future__ import annotations
 
@@ -40,3 +41,19 @@ def test_runs_in_seed_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert module.main([str(tmp_path), "rung", "--out", str(tmp_path / "a.md")]) == 0
     assert seen == ["seed0", "seed2", "seed10"]
     assert "| rung | 1" in (tmp_path / "a.md").read_text()
+
+
+def test_code_mass_statistics_equal_a_hand_count() -> None:
+    spec = importlib.util.spec_from_file_location("code_mass", SCRIPT.parent / "code_mass.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import math
+
+    import torch
+
+    # K = 10: one code holds half the vectors, four share the rest equally, five are unused
+    counts = torch.tensor([50.0, 12.5, 12.5, 12.5, 12.5, 0, 0, 0, 0, 0])
+    s = module.mass_stats(counts, top=2)
+    assert s["perplexity"] == pytest.approx(math.exp(-(0.5 * math.log(0.5) + 4 * 0.125 * math.log(0.125))))
+    assert s["usage"] == 0.5 and s["below_half_mean"] == 0.5 and s["below_quarter_mean"] == 0.5
+    assert s["top10_share"] == pytest.approx(0.5) and s["largest_x_mean"] == [5.0, 1.2]

@@ -83,9 +83,12 @@ TECHNIQUES: dict[str, dict] = {
     "kmeans": dict(kmeans_init=True),
     "sync": dict(sync_nu=1.0),
     "affine": dict(codebook="affine"),
-    "alternating": dict(alternating_steps=1),
+    "alternating": dict(alternating_steps=1, alternating_lr=1.0),
     "replacement": dict(dead_code_steps=20),
 }
+
+#: default inner step size of the alternating optimization (``alternating_lr``), chosen by measurement.
+ALTERNATING_LR = 0.1
 
 #: the paper's full method: every technique on (``VectorQuantizer(dim, K, **PAPER)``).
 PAPER = dict(PLAIN_STE, **{k: v for t in TECHNIQUES.values() for k, v in t.items()})
@@ -215,10 +218,14 @@ class VectorQuantizer(Quantizer):
             Default 1.0 (0.0 for an EMA codebook, which takes no gradient).
         alternating_steps: inner codebook steps taken before the output is formed (training only).
             Default 1 (0 for an EMA codebook).
-        alternating_lr: inner step size in ``(0, 1]`` (default 1.0): each step is block coordinate descent
-            on the codebook loss, moving the affine shift (all codes of a group by the mean residual) and
-            then each used code (toward its assigned-embedding mean) this fraction of the way to their
-            optimum; ``1.0`` is an exact Lloyd-style step. Only with ``alternating_steps > 0``.
+        alternating_lr: inner step size in ``(0, 1]`` (default :data:`ALTERNATING_LR` = 0.1): each step is
+            block coordinate descent on the codebook loss, moving the affine shift (all codes of a group by the
+            mean residual) and then each used code (toward its assigned-embedding mean) this fraction of the way
+            to their optimum; ``1.0`` is an exact Lloyd-style step on the batch (the paper's full step,
+            ``TECHNIQUES["alternating"]``). The damped default averages the batch targets over about ten calls
+            instead of jumping to each batch's means: measured on a Fashion-MNIST VQ-VAE (K = 512 / 1024,
+            3 seeds) it spreads usage more evenly (perplexity +7%) at the same reconstruction error.
+            Only with ``alternating_steps > 0``.
         alternating_reassign: re-run the search after the last inner step, so the output and the STE
             gradient use the updated codebook *and* assignment (default False; only with alternating steps).
         kmeans_init: initialize the codebook with k-means++ on the first training batch.
@@ -329,7 +336,7 @@ class VectorQuantizer(Quantizer):
         self.diversity_temperature = 1.0 if diversity_temperature is None else check_float(
             "diversity_temperature", diversity_temperature, low=0.0, low_open=True)
         self.freeze_codebook = check_bool("freeze_codebook", freeze_codebook)
-        alternating_lr = 1.0 if alternating_lr is None else check_float(
+        alternating_lr = ALTERNATING_LR if alternating_lr is None else check_float(
             "alternating_lr", alternating_lr, low=0.0, high=1.0, low_open=True)
         reassign = False if alternating_reassign is None else check_bool("alternating_reassign", alternating_reassign)
         kmeans_iters = 10 if kmeans_iters is None else check_int("kmeans_iters", kmeans_iters, 0)
