@@ -47,8 +47,11 @@ def test_counts(run: Path, batch: int = 1000) -> torch.Tensor:
     model.eval()
     q = model.quantizer
     counts = torch.zeros(q.codebook_size, dtype=torch.float64)
-    hook = q.register_forward_hook(
-        lambda m, args, out: counts.add_(torch.bincount(out.indices.reshape(-1), minlength=q.codebook_size)))
+
+    def count(module, args, out) -> None:  # returns None: the output passes on unchanged
+        counts.add_(torch.bincount(out.indices.reshape(-1), minlength=q.codebook_size))
+
+    hook = q.register_forward_hook(count)
     with torch.no_grad():
         for start in range(0, len(test), batch):
             x, _ = test.get_batch(torch.arange(start, min(start + batch, len(test))), "cpu")

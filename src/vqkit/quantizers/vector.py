@@ -224,7 +224,8 @@ class VectorQuantizer(Quantizer):
             to their optimum; ``1.0`` is an exact Lloyd-style step on the batch (the paper's full step,
             ``TECHNIQUES["alternating"]``). The damped default averages the batch targets over about ten calls
             instead of jumping to each batch's means: measured on a Fashion-MNIST VQ-VAE (K = 512 / 1024,
-            3 seeds) it spreads usage more evenly (perplexity +7%) at the same reconstruction error.
+            3 seeds) it spreads usage more evenly (perplexity +4% / +6%; +8% at K = 8192, one seed) with an
+            MSE inside the seed spread of the full step's.
             Only with ``alternating_steps > 0``.
         alternating_reassign: re-run the search after the last inner step, so the output and the STE
             gradient use the updated codebook *and* assignment (default False; only with alternating steps).
