@@ -162,3 +162,22 @@ def test_cli_sweep_vary_row_and_table(tmp_path, capsys):
                           (["--table", "ladder", "--rungs", "plain"], "either --table or --rungs")):
         assert main(["ablate", *tiny, "--out", str(tmp_path / "bad"), *argv]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_run_finished_by_another_release_is_not_reused(tiny_recipe, tmp_path, capsys):
+    """Library defaults change between releases (alternating_lr 1.0 -> 0.1): a finished run whose recipe text
+    matches but whose run.json names another vqkit version is trained again, not reported as this release's."""
+    from vqkit import __version__
+
+    base = tiny_recipe(4, "log.eval_every=2", "log.checkpoint_every=0")
+    out = tmp_path / "ab"
+    run_ablation(base, out, seeds=[0], rungs=["plain"])
+    summary = out / "plain/seed0/run.json"
+    data = json.loads(summary.read_text())
+    data["vqkit"] = "0.0.1"
+    summary.write_text(json.dumps(data))
+    capsys.readouterr()
+    run_ablation(base, out, seeds=[0], rungs=["plain"])
+    err = capsys.readouterr().err
+    assert "reusing the finished run" not in err and "plain seed 0: training to 4 steps" in err
+    assert json.loads(summary.read_text())["vqkit"] == __version__

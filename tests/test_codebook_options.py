@@ -248,3 +248,17 @@ def test_error_sampling_reseeds_dead_codes_where_the_codebook_fits_worst():
     assert vq.latent_codebook[2].sub(torch.tensor([20.0, 20.0])).norm() < 2.0
     with pytest.raises(ValueError, match="replacement_sampling: expected one of"):
         VectorQuantizer(2, 3, replacement_sampling="worst")
+
+
+def test_replacement_sampling_needs_replacement_and_defaults_resolve():
+    from vqkit import PAPER
+    from vqkit.quantizers.vector import ALTERNATING_LR
+
+    with pytest.raises(ValueError, match="replacement_sampling: only used with dead-code replacement"):
+        VectorQuantizer(4, 8, dead_code_steps=0, replacement_sampling="error")
+    assert VectorQuantizer(4, 8, dead_code_steps=0, dead_code_threshold=1.0,
+                           replacement_sampling="error").replacement_sampling == "error"
+    assert VectorQuantizer(4, 8).replacement_sampling == "uniform"
+    # the damped default step; the paper's preset keeps the full step
+    assert VectorQuantizer(4, 8).alternating_lr == ALTERNATING_LR == 0.1
+    assert PAPER["alternating_lr"] == 1.0 and VectorQuantizer(4, 8, **PAPER).alternating_lr == 1.0

@@ -34,7 +34,7 @@ DESCRIPTIONS = {
                      "MiB blocks, at most N/2 rows)",
     "vqkit_plain": "`vqkit.VectorQuantizer(D, K, **PLAIN_STE)`: straight-through, no fixes; forward + backward",
     "vqkit_paper": "`vqkit.VectorQuantizer(D, K, codebook='affine', sync_nu=1.0, alternating_steps=1, "
-                   "kmeans_init=True, dead_code_steps=20)`; forward + backward. k-means init runs in the first "
+                   "alternating_lr=1.0, kmeans_init=True, dead_code_steps=20)`; forward + backward. k-means init runs in the first "
                    "warm-up step only; dead-code replacement needs 20 steps without use, more steps than one "
                    "process runs, so it never fires (its per-step check does run)",
     "peer_ema": "`vector_quantize_pytorch.VectorQuantize(dim=D, codebook_size=K)` defaults (EMA codebook, "

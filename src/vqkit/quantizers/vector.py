@@ -246,8 +246,10 @@ class VectorQuantizer(Quantizer):
             valid row equally likely, so a region is drawn in proportion to its mass), ``"crowded"`` (a row in
             proportion to how many rows of the batch share its nearest code: re-seeded codes split the most
             used codes) or ``"error"`` (in proportion to its squared distance to its nearest code, k-means++'s
-            rule: they go where the codebook fits worst). The last two cost one extra search of the batch
-            in the calls that replace a code.
+            rule: they go where the codebook fits worst). The last two cost one extra search of the batch per
+            training call (eager CPU calls that replace no code skip it). Under torch.distributed the counts of
+            ``"crowded"`` are all-reduced; each rank still draws its share of the candidates from its own rows.
+            Only with replacement on (``dead_code_steps != 0`` or ``dead_code_threshold > 0``).
         estimator: ``"ste"`` (straight-through) or ``"rotation"`` (rotation trick).
         sampling_temperature: > 0 draws each training assignment from ``softmax(-distance / T)`` (Gumbel-max,
             straight-through output) instead of taking the nearest code; eval always takes the nearest.
@@ -297,7 +299,7 @@ class VectorQuantizer(Quantizer):
         kmeans_iters: int | None = None,
         dead_code_steps: int | str = "auto",
         dead_code_threshold: float = 0.0,
-        replacement_sampling: str = "uniform",
+        replacement_sampling: str | None = None,
         estimator: str = "ste",
         sampling_temperature: float = 0.0,
         orthogonal_weight: float = 0.0,
@@ -356,8 +358,13 @@ class VectorQuantizer(Quantizer):
                 raise ValueError(f"dead_code_steps: expected an int >= 0 or 'auto', got {dead_code_steps!r}")
             check_int("dead_code_steps", dead_code_steps, 0)
         self.dead_code_threshold = check_float("dead_code_threshold", dead_code_threshold, low=0.0)
-        check_choice("replacement_sampling", replacement_sampling, REPLACEMENT_SAMPLING)
-        self.replacement_sampling = replacement_sampling
+        if replacement_sampling is not None:
+            check_choice("replacement_sampling", replacement_sampling, REPLACEMENT_SAMPLING)
+            if dead_code_steps == 0 and self.dead_code_threshold == 0:
+                raise ValueError(f"replacement_sampling: only used with dead-code replacement (dead_code_steps != 0 or "
+                                 f"dead_code_threshold > 0); got replacement_sampling={replacement_sampling!r} with "
+                                 "replacement off")
+        self.replacement_sampling = replacement_sampling or "uniform"
         check_int("memory_budget", memory_budget, 1)
 
         self.codebook_size = codebook_size
@@ -666,6 +673,7 @@ class VectorQuantizer(Quantizer):
             ones = torch.ones_like(found.indices, dtype=batch_counts.dtype) if weight is None else weight.to(
                 batch_counts.dtype)
             batch_counts.index_add_(0, found.indices, ones)
+            dist_utils.all_reduce_sum_(batch_counts)  # crowding over the global batch (shape-static)
             return batch_counts[found.indices]
 
     def _bookkeep(self, z: Tensor, indices: Tensor, weight: Tensor | None) -> Tensor:

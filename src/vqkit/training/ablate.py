@@ -55,7 +55,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..quantizers.vector import VectorQuantizer
+from ..quantizers.vector import ALTERNATING_LR, VectorQuantizer
 from .build import build_from_recipe, load_datasets
 from .console import note, warn
 from .logging import read_metrics
@@ -318,7 +318,10 @@ def _same_run(run: RunDir, recipe: Recipe) -> bool:
     for progress in (True, False):
         other.log.progress = progress
         if text == to_toml(other):
-            return True
+            # a run finished by another vqkit release may have used other library defaults for the arguments
+            # the recipe leaves out (e.g. alternating_lr): not the same run
+            summary = _summary(run)
+            return summary is None or summary.get("vqkit", __version__) == __version__
     return False
 
 
@@ -469,6 +472,9 @@ def effective_arguments(q: QuantizerConfig) -> dict[str, Any]:
         for name, p in inspect.signature(VectorQuantizer.__init__).parameters.items():
             if p.default is not p.empty and name not in _QUIET:
                 args[name] = p.default
+        # defaults that depend on other arguments (None in the signature): the values they resolve to
+        args["alternating_lr"] = ALTERNATING_LR
+        args["replacement_sampling"] = "uniform"
     args.update(q.args)
     return args
 

@@ -191,6 +191,9 @@ def train(
     try:
         result = _train(recipe, RunDir(out_dir), ctx, resume, on_step, label or recipe.name, handle_signals,
                         list(notes))
+    except TrainingInterrupted:  # agreed over ranks and raised on every rank at the same step: all arrive
+        parallel.teardown(ctx)
+        raise
     except BaseException:
         parallel.teardown(ctx, clean=False)
         raise
@@ -325,6 +328,9 @@ def _train(recipe: Recipe, run: RunDir, ctx: parallel.DistContext, resume: bool,
     finally:
         bar.close()
         logger.close()
+        # drop the DDP wrapper here, not with this frame: a traceback keeps the frame (and the reducer, which
+        # holds the process group) alive until after teardown destroys the group
+        net = None  # noqa: F841
 
     if not final:  # nothing left to train (resumed a run that stopped after its last checkpoint)
         note(f"evaluating the final model on {eval_note}", enabled=verbose)
