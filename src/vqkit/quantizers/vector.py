@@ -299,7 +299,7 @@ class VectorQuantizer(Quantizer):
         kmeans_iters: int | None = None,
         dead_code_steps: int | str = "auto",
         dead_code_threshold: float = 0.0,
-        replacement_sampling: str | None = None,
+        replacement_sampling: str = "uniform",
         estimator: str = "ste",
         sampling_temperature: float = 0.0,
         orthogonal_weight: float = 0.0,
@@ -358,13 +358,12 @@ class VectorQuantizer(Quantizer):
                 raise ValueError(f"dead_code_steps: expected an int >= 0 or 'auto', got {dead_code_steps!r}")
             check_int("dead_code_steps", dead_code_steps, 0)
         self.dead_code_threshold = check_float("dead_code_threshold", dead_code_threshold, low=0.0)
-        if replacement_sampling is not None:
-            check_choice("replacement_sampling", replacement_sampling, REPLACEMENT_SAMPLING)
-            if dead_code_steps == 0 and self.dead_code_threshold == 0:
-                raise ValueError(f"replacement_sampling: only used with dead-code replacement (dead_code_steps != 0 or "
-                                 f"dead_code_threshold > 0); got replacement_sampling={replacement_sampling!r} with "
-                                 "replacement off")
-        self.replacement_sampling = replacement_sampling or "uniform"
+        check_choice("replacement_sampling", replacement_sampling, REPLACEMENT_SAMPLING)
+        if replacement_sampling != "uniform" and dead_code_steps == 0 and self.dead_code_threshold == 0:
+            raise ValueError(f"replacement_sampling: only used with dead-code replacement (dead_code_steps != 0 or "
+                             f"dead_code_threshold > 0); got replacement_sampling={replacement_sampling!r} with "
+                             "replacement off")
+        self.replacement_sampling = replacement_sampling
         check_int("memory_budget", memory_budget, 1)
 
         self.codebook_size = codebook_size
@@ -669,10 +668,7 @@ class VectorQuantizer(Quantizer):
             found = self.search(z, self.effective_codes(True).detach())
             if self.replacement_sampling == "error":
                 return found.distances.clamp_min(0.0)
-            batch_counts = torch.zeros(self.codebook_size, dtype=accumulation_dtype(z), device=z.device)
-            ones = torch.ones_like(found.indices, dtype=batch_counts.dtype) if weight is None else weight.to(
-                batch_counts.dtype)
-            batch_counts.index_add_(0, found.indices, ones)
+            batch_counts = code_counts(found.indices, self.codebook_size, None if weight is None else weight > 0)
             dist_utils.all_reduce_sum_(batch_counts)  # crowding over the global batch (shape-static)
             return batch_counts[found.indices]
 

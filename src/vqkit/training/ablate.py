@@ -472,9 +472,7 @@ def effective_arguments(q: QuantizerConfig) -> dict[str, Any]:
         for name, p in inspect.signature(VectorQuantizer.__init__).parameters.items():
             if p.default is not p.empty and name not in _QUIET:
                 args[name] = p.default
-        # defaults that depend on other arguments (None in the signature): the values they resolve to
-        args["alternating_lr"] = ALTERNATING_LR
-        args["replacement_sampling"] = "uniform"
+        args["alternating_lr"] = ALTERNATING_LR  # None in the signature (it depends on alternating_steps)
     args.update(q.args)
     return args
 
