@@ -181,3 +181,26 @@ def test_a_run_finished_by_another_release_is_not_reused(tiny_recipe, tmp_path, 
     err = capsys.readouterr().err
     assert "reusing the finished run" not in err and "plain seed 0: training to 4 steps" in err
     assert json.loads(summary.read_text())["vqkit"] == __version__
+
+
+def test_an_interrupted_run_of_another_release_restarts_instead_of_resuming(tiny_recipe, tmp_path, capsys):
+    """A checkpoint that records no vqkit release (written before checkpoints recorded it) or another one
+    may have trained with other library defaults: the run starts over rather than continuing under new ones."""
+    from vqkit import __version__
+
+    base = tiny_recipe(4, "log.eval_every=2", "log.checkpoint_every=2")
+    out = tmp_path / "ab"
+    run_ablation(base, out, seeds=[0], rungs=["defaults"])
+    run = out / "defaults/seed0"
+    for release in (None, "0.1.0"):
+        (run / "run.json").unlink()  # as if stopped after the last checkpoint
+        state_file = run / "checkpoints/step_00000004/state.json"
+        state = json.loads(state_file.read_text())
+        assert state["vqkit"] == __version__
+        state.pop("vqkit") if release is None else state.update(vqkit=release)
+        state_file.write_text(json.dumps(state))
+        capsys.readouterr()
+        run_ablation(base, out, seeds=[0], rungs=["defaults"])
+        err = capsys.readouterr().err
+        assert "defaults seed 0: training to 4 steps" in err and "resuming" not in err, err
+        assert json.loads((run / "run.json").read_text())["vqkit"] == __version__

@@ -403,3 +403,63 @@ def test_other_thread_count_on_resume_is_reported(run_copy, capsys):
     assert code == 0, err
     assert "step_00000010 was trained with 1 intra-op thread(s), this session uses 2" in err
     assert "--threads 1 to match it" in err
+
+
+def _set_release(run: Path, release) -> None:
+    """Rewrite the release recorded by the run's newest checkpoint (None: none recorded)."""
+    path = latest_checkpoint(run) / "state.json"
+    state = json.loads(path.read_text())
+    state.pop("vqkit") if release is None else state.update(vqkit=release)
+    path.write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("release", [None, "0.1.0"])
+def test_resume_across_a_default_change_asks_to_pin_the_argument(run_copy, capsys, release):
+    """The recipe leaves alternating_lr unset and its default changed (1.0 -> 0.1 in 0.2.0) after the release
+    that wrote the checkpoint: the resume stops and names both ways to pin it; nothing is written."""
+    from vqkit import __version__
+
+    assert json.loads((run_copy / "checkpoints/step_00000010/state.json").read_text())["vqkit"] == __version__
+    _set_release(run_copy, release)
+    (run_copy / "run.json").unlink()  # interrupted after its last checkpoint: nothing else records the release
+    before = _snapshot(run_copy)
+    code, err = _resume(run_copy, capsys)
+    assert code == 2, err
+    assert "checkpoint step_00000010 was written by " + ("a vqkit release that did not record itself" if release is None
+                                                           else "vqkit 0.1.0") in err
+    assert "alternating_lr: its default changed from 1.0 to 0.1 in vqkit 0.2.0" in err
+    assert "--set quantizer.alternating_lr=1.0 to continue as the run started before 0.2.0" in err
+    assert ("--set quantizer.alternating_lr=0.1 if it started with 0.2.0 or later" in err) == (release is None)
+    assert _snapshot(run_copy) == before
+    code, err = _resume(run_copy, capsys, "--set", "quantizer.alternating_lr=1.0", "--set", "log.progress=true")
+    assert code == 0, err
+    assert "alternating_lr (unset) -> 1.0" in err
+    assert json.loads((run_copy / "checkpoints/step_00000015/state.json").read_text())["vqkit"] == __version__
+    assert "alternating_lr = 1.0" in (run_copy / "recipe.toml").read_text()  # the next resume keeps it pinned
+
+
+def test_stale_defaults_name_only_the_arguments_left_to_a_changed_default():
+    from torch import nn
+
+    from vqkit import VectorQuantizer
+    from vqkit.training.resume import stale_defaults
+
+    model = nn.ModuleDict({"a": VectorQuantizer(4, 8), "b": VectorQuantizer(4, 8, alternating_lr=0.1),
+                           "c": VectorQuantizer(4, 8, alternating_steps=0)})
+    assert model["a"].defaulted == {"alternating_lr"} and not model["b"].defaulted and not model["c"].defaulted
+    for release, stale in ((None, ["a"]), ("garbage", ["a"]), ("0.1.9", ["a"]), ("0.2.0", []), ("0.10.0", [])):
+        assert [name for name, _ in stale_defaults(model, release)] == stale, release
+
+
+def test_a_checkpoint_without_its_release_takes_it_from_the_run_summary_of_the_same_session(run_copy, capsys):
+    """Checkpoints of 0.2.0 did not record the release; the run.json written with the last one did."""
+    _set_release(run_copy, None)
+    code, err = _resume(run_copy, capsys)
+    assert code == 0, err
+    summary = json.loads((run_copy / "run.json").read_text())
+    summary["vqkit"] = "0.1.0"
+    summary["steps"] = 15
+    (run_copy / "run.json").write_text(json.dumps(summary))
+    _set_release(run_copy, None)  # now step_00000015, written by the resumed session
+    code, err = _resume(run_copy, capsys, "--set", "steps=20")
+    assert code == 2 and "written by vqkit 0.1.0" in err, err

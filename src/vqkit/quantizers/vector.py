@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,8 @@ __all__ = [
     "PLAIN_STE",
     "TECHNIQUES",
     "PAPER",
+    "DefaultChange",
+    "DEFAULT_CHANGES",
 ]
 
 #: keyword arguments that turn every fix off: the plain straight-through VQ-VAE baseline.
@@ -89,6 +92,24 @@ TECHNIQUES: dict[str, dict] = {
 
 #: default inner step size of the alternating optimization (``alternating_lr``), chosen by measurement.
 ALTERNATING_LR = 0.1
+
+
+@dataclass(frozen=True)
+class DefaultChange:
+    """A :class:`VectorQuantizer` argument whose library default changed: ``old`` before vqkit ``since``,
+    ``new`` from it on. A run that leaves the argument unset trains with different settings on either side,
+    so resuming one across the change has to pin the value (see :attr:`VectorQuantizer.defaulted`)."""
+
+    since: str
+    argument: str
+    old: Any
+    new: Any
+
+
+#: every default change of :class:`VectorQuantizer` that changes what an unchanged recipe trains, oldest first.
+DEFAULT_CHANGES: tuple[DefaultChange, ...] = (
+    DefaultChange("0.2.0", "alternating_lr", 1.0, ALTERNATING_LR),
+)
 
 #: the paper's full method: every technique on (``VectorQuantizer(dim, K, **PAPER)``).
 PAPER = dict(PLAIN_STE, **{k: v for t in TECHNIQUES.values() for k, v in t.items()})
@@ -339,6 +360,7 @@ class VectorQuantizer(Quantizer):
         self.diversity_temperature = 1.0 if diversity_temperature is None else check_float(
             "diversity_temperature", diversity_temperature, low=0.0, low_open=True)
         self.freeze_codebook = check_bool("freeze_codebook", freeze_codebook)
+        alternating_lr_given = alternating_lr
         alternating_lr = ALTERNATING_LR if alternating_lr is None else check_float(
             "alternating_lr", alternating_lr, low=0.0, high=1.0, low_open=True)
         reassign = False if alternating_reassign is None else check_bool("alternating_reassign", alternating_reassign)
@@ -373,6 +395,9 @@ class VectorQuantizer(Quantizer):
         self.sync_nu = sync_nu
         self.alternating_steps = steps
         self.alternating_lr = alternating_lr
+        #: arguments with a :data:`DEFAULT_CHANGES` entry that this module takes from the library default
+        self.defaulted: frozenset[str] = frozenset(
+            {"alternating_lr"} if alternating_lr_given is None and steps > 0 else ())
         self.alternating_reassign = reassign
         self.kmeans_init = kmeans_init
         self.kmeans_iters = kmeans_iters

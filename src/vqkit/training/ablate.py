@@ -61,7 +61,7 @@ from .console import note, warn
 from .logging import read_metrics
 from .plots import line_plot
 from .recipe import QuantizerConfig, Recipe, RecipeError, apply_overrides, parse_overrides, to_toml
-from .rundir import ABLATION_JSON_FILE, ABLATION_TABLE_FILE, RunDir, ablation_run_dir, curves_file, run_lock_file
+from .rundir import ABLATION_JSON_FILE, ABLATION_TABLE_FILE, STATE_FILE, RunDir, ablation_run_dir, curves_file, run_lock_file
 from .rungs import LADDER, RUNG_NAMES, RUNGS, TABLES, Rung
 from .trainer import TrainingInterrupted, train
 
@@ -318,11 +318,26 @@ def _same_run(run: RunDir, recipe: Recipe) -> bool:
     for progress in (True, False):
         other.log.progress = progress
         if text == to_toml(other):
-            # a run finished by another vqkit release may have used other library defaults for the arguments
-            # the recipe leaves out (e.g. alternating_lr): not the same run
+            # a run trained by another vqkit release may have used other library defaults for the arguments
+            # the recipe leaves out (e.g. alternating_lr): not the same run, finished or interrupted
             summary = _summary(run)
-            return summary is None or summary.get("vqkit", __version__) == __version__
+            if summary is not None:
+                return summary.get("vqkit", __version__) == __version__
+            return _checkpoint_release(run) in (None, __version__)
     return False
+
+
+def _checkpoint_release(run: RunDir) -> str | None:
+    """The vqkit release recorded by the run's newest checkpoint: None without a readable checkpoint
+    (nothing to resume), ``"unrecorded"`` for one written before checkpoints recorded it."""
+    dirs = run.step_dirs()
+    if not dirs:
+        return None
+    try:
+        state = json.loads((dirs[-1][1] / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return str(state.get("vqkit", "unrecorded")) if isinstance(state, dict) else None
 
 
 def _summary(run: RunDir) -> dict[str, Any] | None:

@@ -10,6 +10,9 @@ anything in the run directory is written.
   without any checkpoint restarts from step 0).
 - ``steps`` below the checkpoint's step is refused; ``metrics.jsonl`` must be readable (a torn last line
   is dropped, with a note).
+- A quantizer argument the recipe leaves unset whose library default changed after the release that wrote
+  the checkpoint (:data:`~vqkit.quantizers.vector.DEFAULT_CHANGES`) is refused until the recipe pins it, so a
+  resumed run never switches settings silently.
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import __version__
+from ..quantizers.vector import DEFAULT_CHANGES, DefaultChange, VectorQuantizer
 from .checkpoint import Checkpoint, CheckpointError, find_checkpoint
 from .console import note
 from .logging import MetricsFileError, scan_metrics
 from .recipe import Recipe, RecipeError, read_recipe_file, recipe_differences
 from .rundir import STATE_FILE, RunDir
 
-__all__ = ["resume_recipe", "ResumePlan", "plan_resume"]
+__all__ = ["resume_recipe", "ResumePlan", "plan_resume", "stale_defaults"]
 
 
 def _checkpoint_recipe(run: RunDir) -> tuple[Recipe, Path] | None:
@@ -76,6 +81,63 @@ def resume_recipe(out: str | Path, notes: list[str] | None = None) -> Recipe:
     return recipe
 
 
+def _release(version: Any) -> tuple[int, ...] | None:
+    """``"0.2.0"`` -> ``(0, 2, 0)``; None for a missing or unreadable release."""
+    try:
+        return tuple(int(part) for part in str(version).split(".")[:3]) if version is not None else None
+    except ValueError:
+        return None
+
+
+def stale_defaults(model: nn.Module, written_by: str | None) -> list[tuple[str, DefaultChange]]:
+    """``(module name, change)`` for every :class:`~vqkit.quantizers.VectorQuantizer` in ``model`` that takes
+    from the library default an argument whose default changed after release ``written_by`` (None or
+    unreadable: a checkpoint that does not record its release, so every change counts)."""
+    release = _release(written_by)
+    out = []
+    for name, module in model.named_modules():
+        if not isinstance(module, VectorQuantizer):
+            continue
+        for change in DEFAULT_CHANGES:
+            newer = release is None or release < _release(change.since)
+            if newer and change.argument in module.defaulted:
+                out.append((name or "model", change))
+    return out
+
+
+def _written_by(run: RunDir, ckpt: Checkpoint) -> str | None:
+    """The release that wrote ``ckpt``: recorded in it, or else in the run's ``run.json`` when that summary
+    belongs to the session that wrote the checkpoint (a finished run whose last step is the checkpoint's)."""
+    if "vqkit" in ckpt.state:
+        return ckpt.state["vqkit"]
+    try:
+        summary = json.loads(run.summary.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(summary, dict) and summary.get("steps") == ckpt.step:
+        return summary.get("vqkit")
+    return None
+
+
+def _check_defaults(run: RunDir, ckpt: Checkpoint, model: nn.Module) -> None:
+    written_by = _written_by(run, ckpt)
+    stale = stale_defaults(model, written_by)
+    if not stale:
+        return
+    who = (f"vqkit {written_by}" if _release(written_by) is not None
+           else "a vqkit release that did not record itself in checkpoints (0.2.0 or older)")
+    changes = {c: sorted({n for n, c2 in stale if c2 == c}) for _, c in stale}
+    lines = []
+    for c, names in changes.items():
+        pin = f"--set quantizer.{c.argument}={c.old!r} to continue as the run started before {c.since}"
+        if _release(written_by) is None:
+            pin += f", or --set quantizer.{c.argument}={c.new!r} if it started with {c.since} or later"
+        lines.append(f"{c.argument}: its default changed from {c.old!r} to {c.new!r} in vqkit {c.since} and the "
+                     f"recipe leaves it unset ({', '.join(names)}); pin it: {pin}")
+    raise RecipeError(f"--resume: checkpoint {ckpt.path.name} was written by {who}, this is vqkit {__version__}; "
+                      + "; ".join(lines))
+
+
 @dataclass
 class ResumePlan:
     """What a checked resume does: the checkpoint to continue from (None: restart at step 0), the
@@ -101,7 +163,8 @@ def plan_resume(run: RunDir, recipe: Recipe, model: nn.Module, optimizer: torch.
 
     Raises:
         CheckpointError: checkpoints exist but none is intact.
-        RecipeError: ``recipe.steps`` is below the step the run already reached.
+        RecipeError: ``recipe.steps`` is below the step the run already reached, or the recipe leaves unset
+            an argument whose library default changed since the checkpoint's release (see :func:`stale_defaults`).
         MetricsFileError: ``metrics.jsonl`` has a bad line before its last one.
     """
     ckpt, corrupt = find_checkpoint(run.root, model, optimizer)
@@ -116,6 +179,7 @@ def plan_resume(run: RunDir, recipe: Recipe, model: nn.Module, optimizer: torch.
     if ckpt is None:
         plan.notes.append(f"no checkpoint in {run.root} yet: restarting the run from step 0")
     else:
+        _check_defaults(run, ckpt, model)
         if ckpt.step > recipe.steps:
             raise RecipeError(f"steps: {recipe.steps} is below the {ckpt.step} steps this run already trained "
                               f"({ckpt.path}); to continue it give --set steps=N with N >= {ckpt.step}, to train "

@@ -275,7 +275,7 @@ def _train(recipe: Recipe, run: RunDir, ctx: parallel.DistContext, resume: bool,
 
     def extra() -> dict[str, Any]:
         return {"recipe": recipe_dict, "wall_time_s": round(earlier + time.perf_counter() - started, 3),
-                "threads": torch.get_num_threads(), "world_size": ctx.world_size}
+                "threads": torch.get_num_threads(), "world_size": ctx.world_size, "vqkit": __version__}
 
     final: dict[str, float] = {}
     eval_note = f"the first {recipe.data.eval_limit} test images" if 0 < recipe.data.eval_limit < len(test_ds) \
