@@ -68,6 +68,8 @@ TRAINING_CONFIGS = {
     "replace-every-step": dict(dead_code_steps=1),
     "running-affine": dict(codebook="running_affine", dead_code_steps=1),
     "ema-threshold": dict(codebook="ema", dead_code_steps=1, dead_code_threshold=2.0),
+    "crowded-replacement": dict(dead_code_steps=1, replacement_sampling="crowded"),
+    "error-replacement": dict(codebook="ema", dead_code_steps=1, replacement_sampling="error"),
     "cosine-projected": dict(metric="cosine", codebook_dim=4),
     "rotation-reassign": dict(estimator="rotation", alternating_steps=2, alternating_reassign=True),
     "simvq-regularized-sampled": dict(codebook="linear", orthogonal_weight=0.1, diversity_weight=0.1,
@@ -86,7 +88,8 @@ def test_training_forward_has_no_graph_break(config):
     assert ex.graph_count == 1
 
 
-@pytest.mark.parametrize("config", ["defaults", "replace-every-step", "ema-threshold"])
+@pytest.mark.parametrize("config", ["defaults", "replace-every-step", "ema-threshold", "crowded-replacement",
+                                    "error-replacement"])
 def test_fullgraph_training_steps_match_eager(config):
     """Several compiled training steps (aot_eager: the same kernels and RNG stream as eager) give the same
     indices, gradients and buffers as eager steps, with dead-code replacement firing."""

@@ -23,6 +23,10 @@ CONFIGS = {
     "paper": dict(codebook="affine", sync_nu=1.0, alternating_steps=1, kmeans_init=True, dead_code_steps=2),
     "running": dict(codebook="running_affine", sync_nu=1.0, alternating_steps=1, kmeans_init=True, dead_code_steps=2),
     "ema": dict(PLAIN_STE, codebook={"kind": "ema", "decay": 0.9}, kmeans_init=True, dead_code_steps=2),
+    # the non-uniform re-seeding rules weight rows by all-reduced counts / per-row errors
+    "paper-crowded": dict(codebook="affine", kmeans_init=True, dead_code_steps=1, replacement_sampling="crowded"),
+    "ema-error": dict(PLAIN_STE, codebook={"kind": "ema", "decay": 0.9}, kmeans_init=True, dead_code_steps=1,
+                      replacement_sampling="error"),
 }
 # re-seeding draws each rank's candidates from its own batch, so it is rank-consistent but not equal to a
 # 1-process draw: the equivalence runs leave it off
