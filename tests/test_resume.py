@@ -427,9 +427,10 @@ def test_resume_across_a_default_change_asks_to_pin_the_argument(run_copy, capsy
     assert code == 2, err
     assert "checkpoint step_00000010 was written by " + ("a vqkit release that did not record itself" if release is None
                                                            else "vqkit 0.1.0") in err
-    assert "alternating_lr: its default changed from 1.0 to 0.1 in vqkit 0.2.0" in err
-    assert "--set quantizer.alternating_lr=1.0 to continue as the run started before 0.2.0" in err
+    assert "alternating_lr: 1.0 before vqkit 0.2.0, 0.1 since, and this run takes it from the library (quantizer)" in err
+    assert "--set quantizer.alternating_lr=1.0 continues as the run started before 0.2.0" in err
     assert ("--set quantizer.alternating_lr=0.1 if it started with 0.2.0 or later" in err) == (release is None)
+    assert "dead_code_steps" not in err  # the recipe gives a fixed window
     assert _snapshot(run_copy) == before
     code, err = _resume(run_copy, capsys, "--set", "quantizer.alternating_lr=1.0", "--set", "log.progress=true")
     assert code == 0, err
@@ -445,10 +446,14 @@ def test_stale_defaults_name_only_the_arguments_left_to_a_changed_default():
     from vqkit.training.resume import stale_defaults
 
     model = nn.ModuleDict({"a": VectorQuantizer(4, 8), "b": VectorQuantizer(4, 8, alternating_lr=0.1),
-                           "c": VectorQuantizer(4, 8, alternating_steps=0)})
-    assert model["a"].defaulted == {"alternating_lr"} and not model["b"].defaulted and not model["c"].defaulted
-    for release, stale in ((None, ["a"]), ("garbage", ["a"]), ("0.1.9", ["a"]), ("0.2.0", []), ("0.10.0", [])):
-        assert [name for name, _ in stale_defaults(model, release)] == stale, release
+                           "c": VectorQuantizer(4, 8, alternating_steps=0, dead_code_steps=2),
+                           "d": VectorQuantizer(4, 8, alternating_lr=0.1, dead_code_steps="auto")})
+    assert model["a"].defaulted == {"alternating_lr", "dead_code_steps"} and not model["c"].defaulted
+    assert model["b"].defaulted == model["d"].defaulted == {"dead_code_steps"}  # "auto" given: its rule changed too
+    both = ["a:alternating_lr", "a:dead_code_steps", "b:dead_code_steps", "d:dead_code_steps"]
+    for release, stale in ((None, both), ("garbage", both), ("0.1.9", both), ("0.2.0", both[1:]), ("0.3.0", []),
+                           ("0.10.0", [])):
+        assert [f"{name}:{c.argument}" for name, c in stale_defaults(model, release)] == stale, release
 
 
 def test_a_checkpoint_without_its_release_takes_it_from_the_run_summary_of_the_same_session(run_copy, capsys):
@@ -463,3 +468,21 @@ def test_a_checkpoint_without_its_release_takes_it_from_the_run_summary_of_the_s
     _set_release(run_copy, None)  # now step_00000015, written by the resumed session
     code, err = _resume(run_copy, capsys, "--set", "steps=20")
     assert code == 2 and "written by vqkit 0.1.0" in err, err
+
+
+def test_resume_across_the_auto_window_change_pins_the_checkpoint_window(tmp_path, tiny_recipe, capsys):
+    """dead_code_steps="auto" changed its rule in 0.3.0 (ceil(2K/n) -> round(8K/n)): resuming a 0.2.0 run asks to
+    pin the window its checkpoint holds, whether "auto" was given or defaulted."""
+    run = tmp_path / "run"
+    train(tiny_recipe(4, 'quantizer.dead_code_steps="auto"', "quantizer.alternating_lr=0.1", "quantizer.codebook_size=256",
+                      "log.checkpoint_every=2"), run)
+    (run / "run.json").unlink()
+    _set_release(run, "0.2.0")
+    window = int(load_file(str(latest_checkpoint(run) / "model.safetensors"))["quantizer.dead_code_window"])
+    code, err = _resume(run, capsys)
+    assert code == 2, err
+    assert 'dead_code_steps: "auto" = ceil(2 K / n) calls before vqkit 0.3.0, "auto" = round(8 K / n) calls since' in err
+    assert f"pin it: --set quantizer.dead_code_steps={window} continues as the run started before 0.3.0" in err
+    assert "alternating_lr" not in err  # pinned in the recipe
+    code, err = _resume(run, capsys, "--set", f"quantizer.dead_code_steps={window}")
+    assert code == 0, err

@@ -411,14 +411,19 @@ def test_bad_input_is_named():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("k,n,valid", [(16, 64, 64), (64, 64, 64), (256, 48, 48), (1000, 300, 7), (512, 6272, 6272)])
-def test_auto_window_is_two_passes_over_the_codebook(k, n, valid):
-    """After a training call the window is ceil(2 K / n) (>= 1), n the call's valid (unmasked) vectors."""
+@pytest.mark.parametrize("k,n,valid,window", [(16, 64, 64, 2), (64, 64, 64, 8), (256, 48, 48, 43), (1000, 300, 7, 1143),
+                                              (3, 16, 16, 2), (3, 17, 17, 1), (512, 6272, 6272, 1),
+                                              (1024, 6272, 6272, 1), (2048, 6272, 6272, 3), (8192, 6272, 6272, 10),
+                                              (65536, 6272, 6272, 84)])
+def test_auto_window_is_eight_uses_of_a_mean_code(k, n, valid, window):
+    """After a training call the window is round(8 K / n) (halves up, >= 1), n the call's valid (unmasked)
+    vectors: the calls in which a code of mass 1 / K would be chosen 8 times."""
     vq = VectorQuantizer(4, k, kmeans_init=False)
     assert vq.dead_code_steps == "auto" and int(vq.dead_code_window) == 1
     mask = torch.arange(n) < valid
     vq(torch.randn(n, 4), mask=mask)
-    expected = max(1, -(-2 * k // valid))
+    expected = max(1, (16 * k + valid) // (2 * valid))
+    assert expected == window
     assert int(vq.dead_code_window) == expected
     vq.eval()
     vq(torch.randn(3 * n, 4))  # eval calls leave it alone
@@ -426,13 +431,13 @@ def test_auto_window_is_two_passes_over_the_codebook(k, n, valid):
 
 
 def test_auto_window_replaces_only_codes_unused_that_long():
-    """K = 64, 8 vectors per call: window 16. A starved code survives 15 calls and is re-seeded at the 17th
+    """K = 64, 32 vectors per call: window 16. A starved code survives 15 calls and is re-seeded at the 17th
     (its age reaches 16 after the 16th call; the next call's maintenance re-seeds it)."""
     torch.manual_seed(0)
     vq = VectorQuantizer(2, 64, **{**PLAIN_STE, "dead_code_steps": "auto"})
     with torch.no_grad():
         vq.codes.weight[5] = 100.0  # never selected
-    z = torch.randn(8, 2)
+    z = torch.randn(32, 2)
     for _ in range(16):
         vq(z)
         assert vq.codebook[5].abs().min() > 50
@@ -442,7 +447,7 @@ def test_auto_window_replaces_only_codes_unused_that_long():
 
 
 def test_auto_equals_every_call_replacement_while_batches_are_large():
-    """With n >= 2K vectors per call the window stays 1: identical to dead_code_steps=1, step for step."""
+    """With n > 16 K / 3 vectors per call the window stays 1: identical to dead_code_steps=1, step for step."""
     outs = []
     for steps in ("auto", 1):
         torch.manual_seed(0)
@@ -451,7 +456,7 @@ def test_auto_equals_every_call_replacement_while_batches_are_large():
         gen = torch.Generator().manual_seed(1)
         run = []
         for _ in range(6):
-            z = torch.randn(40, 4, generator=gen) * 2
+            z = torch.randn(96, 4, generator=gen) * 2
             out = vq(z)
             out.loss.backward()
             opt.step()
@@ -466,10 +471,10 @@ def test_auto_equals_every_call_replacement_while_batches_are_large():
 def test_auto_window_survives_a_checkpoint_and_old_checkpoints_load():
     vq = VectorQuantizer(4, 256, kmeans_init=False)
     vq(torch.randn(32, 4))
-    assert int(vq.dead_code_window) == 16
+    assert int(vq.dead_code_window) == 64
     fresh = VectorQuantizer(4, 256, kmeans_init=False)
     fresh.load_state_dict(vq.state_dict())
-    assert int(fresh.dead_code_window) == 16  # a resumed run keeps its window, not 1
+    assert int(fresh.dead_code_window) == 64  # a resumed run keeps its window, not 1
     old = {k: v for k, v in vq.state_dict().items() if k != "dead_code_window"}  # written before the buffer
     VectorQuantizer(4, 256, kmeans_init=False).load_state_dict(old)
     assert int(VectorQuantizer(4, 8, dead_code_steps=5).dead_code_window) == 5
@@ -491,3 +496,4 @@ def test_a_fixed_window_is_the_argument_not_the_checkpoint():
     auto = VectorQuantizer(4, 8)
     auto.load_state_dict({**auto.state_dict(), "dead_code_window": torch.tensor(7)})
     assert int(auto.dead_code_window) == 7  # "auto" continues from the checkpoint's window
+

@@ -96,19 +96,25 @@ ALTERNATING_LR = 0.1
 
 @dataclass(frozen=True)
 class DefaultChange:
-    """A :class:`VectorQuantizer` argument whose library default changed: ``old`` before vqkit ``since``,
-    ``new`` from it on. A run that leaves the argument unset trains with different settings on either side,
-    so resuming one across the change has to pin the value (see :attr:`VectorQuantizer.defaulted`)."""
+    """A :class:`VectorQuantizer` argument whose library default (or the rule behind a default value) changed:
+    ``old`` before vqkit ``since``, ``new`` from it on. A run that takes it from the library trains with
+    different settings on either side, so resuming one across the change has to pin the value (see
+    :attr:`VectorQuantizer.defaulted`). ``pin`` is the value that continues as trained; None: the value the
+    module holds in its buffer ``pin_buffer`` in the checkpoint."""
 
     since: str
     argument: str
-    old: Any
-    new: Any
+    old: str
+    new: str
+    pin: Any = None
+    pin_buffer: str | None = None
 
 
 #: every default change of :class:`VectorQuantizer` that changes what an unchanged recipe trains, oldest first.
 DEFAULT_CHANGES: tuple[DefaultChange, ...] = (
-    DefaultChange("0.2.0", "alternating_lr", 1.0, ALTERNATING_LR),
+    DefaultChange("0.2.0", "alternating_lr", "1.0", str(ALTERNATING_LR), pin=1.0),
+    DefaultChange("0.3.0", "dead_code_steps", '"auto" = ceil(2 K / n) calls', '"auto" = round(8 K / n) calls',
+                  pin_buffer="dead_code_window"),
 )
 
 #: the paper's full method: every technique on (``VectorQuantizer(dim, K, **PAPER)``).
@@ -120,10 +126,10 @@ DEAD_CODE_WINDOW = 20
 #: decay of the running assignment counts behind ``dead_code_threshold``.
 USAGE_EMA_DECAY = 0.8
 
-#: ``dead_code_steps="auto"``: a code is dead after ``ceil(DEAD_CODE_COVERAGE * K / n)`` calls unused (at least 1),
-#: ``n`` the vectors of the last training call (all ranks): the calls in which the batches could have chosen every
-#: code this many times over. It is 1 while a batch holds at least this many vectors per code.
-DEAD_CODE_COVERAGE = 2
+#: ``dead_code_steps="auto"``: a code is dead after ``round(DEAD_CODE_COVERAGE * K / n)`` calls unused (at least
+#: 1), ``n`` the vectors of the last training call (all ranks): the calls in which a code of mean mass 1 / K would
+#: have been chosen this many times. It is 1 while a batch holds at least ``2 / 3`` of this many vectors per code.
+DEAD_CODE_COVERAGE = 8
 
 #: ``replacement_sampling`` choices: the rule by which batch rows re-seed dead codes.
 REPLACEMENT_SAMPLING = ("uniform", "crowded", "error")
@@ -253,13 +259,13 @@ class VectorQuantizer(Quantizer):
         kmeans_init: initialize the codebook with k-means++ on the first training batch.
         kmeans_iters: Lloyd iterations of that init (default 10; only with ``kmeans_init``).
         dead_code_steps: re-seed a code from a current embedding after this many training calls
-            without use (0 = never), or ``"auto"`` (the default): after ``ceil(2 K / n)`` calls (at least 1),
-            ``n`` the vectors of the last training call on all ranks, i.e. once the batches could have chosen
-            every code twice. That is 1 (every code a batch did not choose is re-seeded before the next
-            search) while a batch holds at least 2 vectors per code, and grows with K beyond, so a large
-            codebook is not churned before its codes can be chosen. Chosen by measurement (Fashion-MNIST
-            VQ-VAE, K = 2^9 ... 2^16, against fixed windows); the window in use is the buffer
-            ``dead_code_window``.
+            without use (0 = never), or ``"auto"`` (the default): after ``round(8 K / n)`` calls (at least 1),
+            ``n`` the vectors of the last training call on all ranks, i.e. the calls in which a code of mean
+            mass ``1 / K`` would have been chosen about 8 times. That is 1 (every code a batch did not choose
+            is re-seeded before the next search) while a batch holds at least ~5 vectors per code, and grows
+            with K beyond, so a large codebook is not churned before its codes can be chosen. Chosen by
+            measurement (Fashion-MNIST VQ-VAE, K = 2^9 ... 2^16, against fixed windows; ``ceil(2 K / n)``
+            before vqkit 0.3.0); the window in use is the buffer ``dead_code_window``.
         dead_code_threshold: also re-seed codes whose running assignment count (an EMA over calls with
             decay 0.8, of the all-reduced per-call counts) drops below this many vectors (0 = off): rarely
             used codes are recycled too, which flattens usage (higher perplexity) at large K.
@@ -397,7 +403,8 @@ class VectorQuantizer(Quantizer):
         self.alternating_lr = alternating_lr
         #: arguments with a :data:`DEFAULT_CHANGES` entry that this module takes from the library default
         self.defaulted: frozenset[str] = frozenset(
-            {"alternating_lr"} if alternating_lr_given is None and steps > 0 else ())
+            ({"alternating_lr"} if alternating_lr_given is None and steps > 0 else set())
+            | ({"dead_code_steps"} if dead_code_steps == "auto" else set()))
         self.alternating_reassign = reassign
         self.kmeans_init = kmeans_init
         self.kmeans_iters = kmeans_iters
@@ -709,7 +716,8 @@ class VectorQuantizer(Quantizer):
         self.code_age.add_(1).masked_fill_(counts > 0, 0)
         if self.dead_code_steps == "auto":  # counts are all-reduced: the same window on every rank
             n = counts.sum().round().to(torch.int64).clamp_min(1)  # integer math: exact, and on every device
-            self.dead_code_window.copy_(torch.div(DEAD_CODE_COVERAGE * self.codebook_size + n - 1, n,
+            # round(C K / n), halves up
+            self.dead_code_window.copy_(torch.div(2 * DEAD_CODE_COVERAGE * self.codebook_size + n, 2 * n,
                                                   rounding_mode="floor").clamp_min(1))
         if self.dead_code_threshold > 0:
             ema = self.usage_ema

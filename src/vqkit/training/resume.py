@@ -81,6 +81,10 @@ def resume_recipe(out: str | Path, notes: list[str] | None = None) -> Recipe:
     return recipe
 
 
+#: checkpoints written by vqkit up to this release do not record it
+LAST_UNRECORDED = "0.2.0"
+
+
 def _release(version: Any) -> tuple[int, ...] | None:
     """``"0.2.0"`` -> ``(0, 2, 0)``; None for a missing or unreadable release."""
     try:
@@ -124,16 +128,26 @@ def _check_defaults(run: RunDir, ckpt: Checkpoint, model: nn.Module) -> None:
     stale = stale_defaults(model, written_by)
     if not stale:
         return
-    who = (f"vqkit {written_by}" if _release(written_by) is not None
-           else "a vqkit release that did not record itself in checkpoints (0.2.0 or older)")
-    changes = {c: sorted({n for n, c2 in stale if c2 == c}) for _, c in stale}
+    known = _release(written_by) is not None
+    who = f"vqkit {written_by}" if known else \
+        f"a vqkit release that did not record itself in checkpoints ({LAST_UNRECORDED} or older)"
     lines = []
-    for c, names in changes.items():
-        pin = f"--set quantizer.{c.argument}={c.old!r} to continue as the run started before {c.since}"
-        if _release(written_by) is None:
-            pin += f", or --set quantizer.{c.argument}={c.new!r} if it started with {c.since} or later"
-        lines.append(f"{c.argument}: its default changed from {c.old!r} to {c.new!r} in vqkit {c.since} and the "
-                     f"recipe leaves it unset ({', '.join(names)}); pin it: {pin}")
+    for change in dict.fromkeys(c for _, c in stale):
+        names = [n for n, c in stale if c == change]
+        if change.pin_buffer is None:
+            pins = [change.pin]
+        else:
+            keys = [f"{n}.{change.pin_buffer}" if n != "model" else change.pin_buffer for n in names]
+            pins = sorted({int(ckpt.model_tensors[k]) for k in keys if k in ckpt.model_tensors})
+        pin = " or ".join(f"--set quantizer.{change.argument}={p!r}" for p in pins) or \
+            f"--set quantizer.{change.argument}=VALUE"
+        advice = f"pin it: {pin} continues as the run started before {change.since}"
+        if change.pin_buffer is not None:
+            advice += " (or give another value explicitly)"
+        elif not known and _release(change.since) <= _release(LAST_UNRECORDED):
+            advice += f", --set quantizer.{change.argument}={change.new} if it started with {change.since} or later"
+        lines.append(f"{change.argument}: {change.old} before vqkit {change.since}, {change.new} since, and this "
+                     f"run takes it from the library ({', '.join(names)}); {advice}")
     raise RecipeError(f"--resume: checkpoint {ckpt.path.name} was written by {who}, this is vqkit {__version__}; "
                       + "; ".join(lines))
 
