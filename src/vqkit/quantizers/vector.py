@@ -128,7 +128,7 @@ USAGE_EMA_DECAY = 0.8
 
 #: ``dead_code_steps="auto"``: a code is dead after ``round(DEAD_CODE_COVERAGE * K / n)`` calls unused (at least
 #: 1), ``n`` the vectors of the last training call (all ranks): the calls in which a code of mean mass 1 / K would
-#: have been chosen this many times. It is 1 while a batch holds at least ``2 / 3`` of this many vectors per code.
+#: have been chosen this many times. It is 1 while a batch holds more than ``2 / 3`` of this many vectors per code.
 DEAD_CODE_COVERAGE = 8
 
 #: ``replacement_sampling`` choices: the rule by which batch rows re-seed dead codes.
@@ -262,7 +262,7 @@ class VectorQuantizer(Quantizer):
             without use (0 = never), or ``"auto"`` (the default): after ``round(8 K / n)`` calls (at least 1),
             ``n`` the vectors of the last training call on all ranks, i.e. the calls in which a code of mean
             mass ``1 / K`` would have been chosen about 8 times. That is 1 (every code a batch did not choose
-            is re-seeded before the next search) while a batch holds at least ~5 vectors per code, and grows
+            is re-seeded before the next search) while a batch holds more than 16 / 3 vectors per code, and grows
             with K beyond, so a large codebook is not churned before its codes can be chosen. Chosen by
             measurement (Fashion-MNIST VQ-VAE, K = 2^9 ... 2^16, against fixed windows; ``ceil(2 K / n)``
             before vqkit 0.3.0); the window in use is the buffer ``dead_code_window``.
