@@ -94,7 +94,7 @@ def _release(version: Any) -> tuple[int, ...] | None:
 
 
 def stale_defaults(model: nn.Module, written_by: str | None) -> list[tuple[str, DefaultChange]]:
-    """``(module name, change)`` for every :class:`~vqkit.quantizers.VectorQuantizer` in ``model`` that takes
+    """``(module name, change)`` (the name ``""`` for ``model`` itself) for every :class:`~vqkit.quantizers.VectorQuantizer` in ``model`` that takes
     from the library default an argument whose default changed after release ``written_by`` (None or
     unreadable: a checkpoint that does not record its release, so every change counts)."""
     release = _release(written_by)
@@ -105,7 +105,7 @@ def stale_defaults(model: nn.Module, written_by: str | None) -> list[tuple[str, 
         for change in DEFAULT_CHANGES:
             newer = release is None or release < _release(change.since)
             if newer and change.argument in module.defaulted:
-                out.append((name or "model", change))
+                out.append((name, change))
     return out
 
 
@@ -137,7 +137,7 @@ def _check_defaults(run: RunDir, ckpt: Checkpoint, model: nn.Module) -> None:
         if change.pin_buffer is None:
             pins = [change.pin]
         else:
-            keys = [f"{n}.{change.pin_buffer}" if n != "model" else change.pin_buffer for n in names]
+            keys = [f"{n}.{change.pin_buffer}".lstrip(".") for n in names]
             pins = sorted({int(ckpt.model_tensors[k]) for k in keys if k in ckpt.model_tensors})
         pin = " or ".join(f"--set quantizer.{change.argument}={p!r}" for p in pins) or \
             f"--set quantizer.{change.argument}=VALUE"
@@ -147,7 +147,7 @@ def _check_defaults(run: RunDir, ckpt: Checkpoint, model: nn.Module) -> None:
         elif not known and _release(change.since) <= _release(LAST_UNRECORDED):
             advice += f", --set quantizer.{change.argument}={change.new} if it started with {change.since} or later"
         lines.append(f"{change.argument}: {change.old} before vqkit {change.since}, {change.new} since, and this "
-                     f"run takes it from the library ({', '.join(names)}); {advice}")
+                     f"run takes it from the library ({', '.join(n or 'model' for n in names)}); {advice}")
     raise RecipeError(f"--resume: checkpoint {ckpt.path.name} was written by {who}, this is vqkit {__version__}; "
                       + "; ".join(lines))
 
