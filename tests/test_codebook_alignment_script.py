@@ -57,3 +57,26 @@ def test_code_mass_statistics_equal_a_hand_count() -> None:
     assert s["perplexity"] == pytest.approx(math.exp(-(0.5 * math.log(0.5) + 4 * 0.125 * math.log(0.125))))
     assert s["usage"] == 0.5 and s["below_half_mean"] == 0.5 and s["below_quarter_mean"] == 0.5
     assert s["top10_share"] == pytest.approx(0.5) and s["largest_x_mean"] == [5.0, 1.2]
+
+
+def test_early_steps_replays_the_trainer_exactly(tmp_path: Path, tiny_recipe) -> None:
+    """scripts/early_steps.py reports the same training-batch usage, step for step, as the trainer logs for the
+    same recipe, and the window of the "auto" ramp."""
+    import json
+
+    from vqkit.training import to_toml, train
+
+    spec = importlib.util.spec_from_file_location("early_steps", SCRIPT.parent / "early_steps.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    recipe = tiny_recipe(12, 'quantizer.dead_code_steps="auto"', "quantizer.codebook_size=256", "log.every=1")
+    (tmp_path / "r.toml").write_text(to_toml(recipe))
+    train(recipe, tmp_path / "run")
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [m["usage"] for m in logged if m["split"] == "train"]
+    rows = module.early_steps(str(tmp_path / "r.toml"), 12, [])
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert [r["train usage (%)"] for r in rows] == pytest.approx([100 * u for u in logged], abs=1e-9)
+    assert [r["window"] for r in rows] == [1] * 9 + [2] * 3  # min(round(8 K / n), 1 + t // 10), n = 32 * 16
+    text = module.to_markdown(rows, "cmd")
+    assert text.count("\n| ") == 13 and "| 12 |" in text

@@ -450,10 +450,15 @@ def test_stale_defaults_name_only_the_arguments_left_to_a_changed_default():
                            "d": VectorQuantizer(4, 8, alternating_lr=0.1, dead_code_steps="auto")})
     assert model["a"].defaulted == {"alternating_lr", "dead_code_steps"} and not model["c"].defaulted
     assert model["b"].defaulted == model["d"].defaulted == {"dead_code_steps"}  # "auto" given: its rule changed too
-    both = ["a:alternating_lr", "a:dead_code_steps", "b:dead_code_steps", "d:dead_code_steps"]
-    for release, stale in ((None, both), ("garbage", both), ("0.1.9", both), ("0.2.0", both[1:]), ("0.3.0", []),
-                           ("0.10.0", [])):
-        assert [f"{name}:{c.argument}" for name, c in stale_defaults(model, release)] == stale, release
+    def changes(*since: str) -> list[str]:
+        return [f"{m}:{arg}@{v}" for m in "abd" for arg, v in (("alternating_lr", "0.2.0"), ("dead_code_steps", "0.3.0"),
+                                                              ("dead_code_steps", "0.4.0"))
+                if v in since and f"{m}:{arg}" in ("a:alternating_lr", "a:dead_code_steps", "b:dead_code_steps",
+                                                   "d:dead_code_steps")]
+    every = changes("0.2.0", "0.3.0", "0.4.0")
+    for release, stale in ((None, every), ("garbage", every), ("0.1.9", every), ("0.2.0", changes("0.3.0", "0.4.0")),
+                           ("0.3.0", changes("0.4.0")), ("0.4.0", []), ("0.10.0", [])):
+        assert [f"{name}:{c.argument}@{c.since}" for name, c in stale_defaults(model, release)] == stale, release
 
 
 def test_a_checkpoint_without_its_release_takes_it_from_the_run_summary_of_the_same_session(run_copy, capsys):
@@ -486,3 +491,26 @@ def test_resume_across_the_auto_window_change_pins_the_checkpoint_window(tmp_pat
     assert "alternating_lr" not in err  # pinned in the recipe
     code, err = _resume(run, capsys, "--set", f"quantizer.dead_code_steps={window}")
     assert code == 0, err
+
+
+def test_resume_across_the_window_ramp_pins_the_checkpoint_window(tmp_path, tiny_recipe, capsys):
+    """The "auto" window ramps in since 0.4.0 (at most 1 + t // 10 at call t): a 0.3.0 run resumes only with its
+    window pinned, and a 0.4.0 run continues its ramp from the checkpoint's call count."""
+    run = tmp_path / "run"
+    train(tiny_recipe(4, 'quantizer.dead_code_steps="auto"', "quantizer.codebook_size=256", "log.checkpoint_every=2"),
+          run)
+    (run / "run.json").unlink()
+    _set_release(run, "0.3.0")
+    tensors = load_file(str(latest_checkpoint(run) / "model.safetensors"))
+    assert int(tensors["quantizer.training_calls"]) == 4
+    window = int(tensors["quantizer.dead_code_window"])
+    code, err = _resume(run, capsys)
+    assert code == 2, err
+    assert ('dead_code_steps: "auto" = round(8 K / n) calls before vqkit 0.4.0, "auto" = round(8 K / n) calls, at '
+            "most 1 + t // 10 at the t-th call since") in err
+    assert "before 0.3.0" not in err
+    assert f"pin it: --set quantizer.dead_code_steps={window} continues as the run started before 0.4.0" in err
+    _set_release(run, "0.4.0")
+    code, err = _resume(run, capsys, "--set", "steps=6")
+    assert code == 0, err
+    assert int(load_file(str(latest_checkpoint(run) / "model.safetensors"))["quantizer.training_calls"]) == 6

@@ -8,6 +8,7 @@ from vqkit import PLAIN_STE, VectorQuantizer
 from vqkit.codebooks import EMA, Affine, EMACodebook
 from vqkit.codebooks import assignment_sums
 from vqkit.losses import masked_mse
+from vqkit.quantizers.vector import DEAD_CODE_RAMP, RAMP_DONE
 
 
 def make(dim=8, k=16, **kw):
@@ -416,10 +417,11 @@ def test_bad_input_is_named():
                                               (1024, 6272, 6272, 1), (2048, 6272, 6272, 3), (8192, 6272, 6272, 10),
                                               (65536, 6272, 6272, 84)])
 def test_auto_window_is_eight_uses_of_a_mean_code(k, n, valid, window):
-    """After a training call the window is round(8 K / n) (halves up, >= 1), n the call's valid (unmasked)
-    vectors: the calls in which a code of mass 1 / K would be chosen 8 times."""
+    """After a training call past the ramp the window is round(8 K / n) (halves up, >= 1), n the call's valid
+    (unmasked) vectors: the calls in which a code of mass 1 / K would be chosen 8 times."""
     vq = VectorQuantizer(4, k, kmeans_init=False)
     assert vq.dead_code_steps == "auto" and int(vq.dead_code_window) == 1
+    vq.training_calls.fill_(RAMP_DONE)
     mask = torch.arange(n) < valid
     vq(torch.randn(n, 4), mask=mask)
     expected = max(1, (16 * k + valid) // (2 * valid))
@@ -435,6 +437,7 @@ def test_auto_window_replaces_only_codes_unused_that_long():
     (its age reaches 16 after the 16th call; the next call's maintenance re-seeds it)."""
     torch.manual_seed(0)
     vq = VectorQuantizer(2, 64, **{**PLAIN_STE, "dead_code_steps": "auto"})
+    vq.training_calls.fill_(RAMP_DONE)
     with torch.no_grad():
         vq.codes.weight[5] = 100.0  # never selected
     z = torch.randn(32, 2)
@@ -468,15 +471,56 @@ def test_auto_equals_every_call_replacement_while_batches_are_large():
         torch.testing.assert_close(ca, cb)
 
 
+def test_auto_window_ramps_in_over_the_first_calls():
+    """At the t-th training call the "auto" window is min(round(8 K / n), 1 + t // DEAD_CODE_RAMP): K = 256,
+    n = 32 (coverage window 64) ramps 1, 1, ..., 2, ... and reaches 64 at call 630. A fixed window does not ramp."""
+    vq = VectorQuantizer(4, 256, kmeans_init=False)
+    fixed = VectorQuantizer(4, 256, kmeans_init=False, dead_code_steps=20)
+    z = torch.randn(32, 4)
+    for t in range(1, 3 * DEAD_CODE_RAMP + 2):
+        vq(z)
+        fixed(z)
+        assert int(vq.training_calls) == t and int(vq.dead_code_window) == 1 + t // DEAD_CODE_RAMP, t
+        assert int(fixed.dead_code_window) == 20
+    vq.eval()
+    vq(z)  # eval calls count nothing
+    assert int(vq.training_calls) == 3 * DEAD_CODE_RAMP + 1
+    vq.train()
+    vq.training_calls.fill_(64 * DEAD_CODE_RAMP - 2)
+    vq(z)
+    assert int(vq.dead_code_window) == 64
+    vq(z)
+    assert int(vq.dead_code_window) == 64  # capped by the coverage rule
+
+
+def test_the_ramp_replaces_stranded_codes_early():
+    """Early in training a code unused for a few calls is re-seeded at once: with the ramp a starved code of a
+    K = 64, n = 32 codebook (window 16 after the ramp) is re-seeded after 1 + 1 // 10 = 1 call, not 16."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(2, 64, **{**PLAIN_STE, "dead_code_steps": "auto"})
+    with torch.no_grad():
+        vq.codes.weight[5] = 100.0
+    z = torch.randn(32, 2)
+    vq(z)
+    vq(z)
+    assert (z - vq.codebook[5]).norm(dim=1).min() < 0.1
+
+
 def test_auto_window_survives_a_checkpoint_and_old_checkpoints_load():
     vq = VectorQuantizer(4, 256, kmeans_init=False)
+    vq.training_calls.fill_(RAMP_DONE)
     vq(torch.randn(32, 4))
     assert int(vq.dead_code_window) == 64
     fresh = VectorQuantizer(4, 256, kmeans_init=False)
     fresh.load_state_dict(vq.state_dict())
     assert int(fresh.dead_code_window) == 64  # a resumed run keeps its window, not 1
-    old = {k: v for k, v in vq.state_dict().items() if k != "dead_code_window"}  # written before the buffer
-    VectorQuantizer(4, 256, kmeans_init=False).load_state_dict(old)
+    assert int(fresh.training_calls) == RAMP_DONE + 1  # and its place in the ramp
+    old = {k: v for k, v in vq.state_dict().items() if k not in ("dead_code_window", "training_calls")}  # < 0.4.0
+    before = VectorQuantizer(4, 256, kmeans_init=False)
+    before.load_state_dict(old)
+    assert int(before.training_calls) == RAMP_DONE  # a checkpoint from before the ramp is past it
+    before(torch.randn(32, 4))
+    assert int(before.dead_code_window) == 64
     assert int(VectorQuantizer(4, 8, dead_code_steps=5).dead_code_window) == 5
 
 

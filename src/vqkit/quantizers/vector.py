@@ -115,6 +115,8 @@ DEFAULT_CHANGES: tuple[DefaultChange, ...] = (
     DefaultChange("0.2.0", "alternating_lr", "1.0", str(ALTERNATING_LR), pin=1.0),
     DefaultChange("0.3.0", "dead_code_steps", '"auto" = ceil(2 K / n) calls', '"auto" = round(8 K / n) calls',
                   pin_buffer="dead_code_window"),
+    DefaultChange("0.4.0", "dead_code_steps", '"auto" = round(8 K / n) calls',
+                  '"auto" = round(8 K / n) calls, at most 1 + t // 10 at the t-th call', pin_buffer="dead_code_window"),
 )
 
 #: the paper's full method: every technique on (``VectorQuantizer(dim, K, **PAPER)``).
@@ -130,6 +132,15 @@ USAGE_EMA_DECAY = 0.8
 #: 1), ``n`` the vectors of the last training call (all ranks): the calls in which a code of mean mass 1 / K would
 #: have been chosen this many times. It is 1 while a batch holds more than ``2 / 3`` of this many vectors per code.
 DEAD_CODE_COVERAGE = 8
+
+#: ``dead_code_steps="auto"`` ramps its window in: at the ``t``-th training call (the first initializes the codebook)
+#: it is at most ``1 + t // DEAD_CODE_RAMP``, so the codes stranded while the encoder's output still moves fast
+#: (its spread grows about 16-fold over the first 25 steps of the Fashion-MNIST VQ-VAE) are re-seeded within a
+#: few calls instead of a full window.
+DEAD_CODE_RAMP = 10
+
+#: ``training_calls`` given to checkpoints written before the buffer existed: past any ramp.
+RAMP_DONE = 1 << 40
 
 #: ``replacement_sampling`` choices: the rule by which batch rows re-seed dead codes.
 REPLACEMENT_SAMPLING = ("uniform", "crowded", "error")
@@ -263,9 +274,12 @@ class VectorQuantizer(Quantizer):
             ``n`` the vectors of the last training call on all ranks, i.e. the calls in which a code of mean
             mass ``1 / K`` would have been chosen about 8 times. That is 1 (every code a batch did not choose
             is re-seeded before the next search) while a batch holds more than 16 / 3 vectors per code, and grows
-            with K beyond, so a large codebook is not churned before its codes can be chosen. Chosen by
-            measurement (Fashion-MNIST VQ-VAE, K = 2^9 ... 2^16, against fixed windows; ``ceil(2 K / n)``
-            before vqkit 0.3.0); the window in use is the buffer ``dead_code_window``.
+            with K beyond, so a large codebook is not churned before its codes can be chosen. It ramps in:
+            at the ``t``-th training call it is at most ``1 + t // 10`` (:data:`DEAD_CODE_RAMP`), so codes
+            stranded while the encoder's output still moves fast, right after the init, are re-seeded within a
+            few calls. Chosen by measurement (Fashion-MNIST VQ-VAE, K = 2^9 ... 2^16, against fixed windows;
+            ``ceil(2 K / n)`` before vqkit 0.3.0, no ramp before 0.4.0); the window in use is the buffer
+            ``dead_code_window``, the calls so far ``training_calls``.
         dead_code_threshold: also re-seed codes whose running assignment count (an EMA over calls with
             decay 0.8, of the all-reduced per-call counts) drops below this many vectors (0 = off): rarely
             used codes are recycled too, which flattens usage (higher perplexity) at large K.
@@ -425,6 +439,8 @@ class VectorQuantizer(Quantizer):
         # calls unused after which a code is dead (fixed, or recomputed every training call with "auto")
         window = 1 if dead_code_steps == "auto" else (dead_code_steps or DEAD_CODE_WINDOW)
         self.register_buffer("dead_code_window", torch.tensor(window, dtype=torch.int64))
+        # training calls that maintained the codebook (the first one initializes it): the "auto" window's ramp
+        self.register_buffer("training_calls", torch.tensor(0, dtype=torch.int64))
         if self.dead_code_threshold > 0:  # inf = not yet observed (the first call's counts are copied)
             self.register_buffer("usage_ema", torch.full((codebook_size,), float("inf")))
         self._needs_init = self.kmeans_init
@@ -438,6 +454,8 @@ class VectorQuantizer(Quantizer):
         key = prefix + "dead_code_window"
         if self.dead_code_steps != "auto" or key not in state_dict:
             state_dict[key] = self.dead_code_window.clone()
+        # checkpoints from before the "auto" window's ramp (vqkit < 0.4.0) are past it
+        state_dict.setdefault(prefix + "training_calls", torch.tensor(RAMP_DONE, dtype=torch.int64))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
@@ -714,11 +732,13 @@ class VectorQuantizer(Quantizer):
             counts = code_counts(indices, self.codebook_size, None if weight is None else weight > 0)
             dist_utils.all_reduce_sum_(counts)
         self.code_age.add_(1).masked_fill_(counts > 0, 0)
+        self.training_calls.add_(1)
         if self.dead_code_steps == "auto":  # counts are all-reduced: the same window on every rank
             n = counts.sum().round().to(torch.int64).clamp_min(1)  # integer math: exact, and on every device
-            # round(C K / n), halves up
-            self.dead_code_window.copy_(torch.div(2 * DEAD_CODE_COVERAGE * self.codebook_size + n, 2 * n,
-                                                  rounding_mode="floor").clamp_min(1))
+            # round(C K / n), halves up, and at most 1 + t // R at the t-th call
+            coverage = torch.div(2 * DEAD_CODE_COVERAGE * self.codebook_size + n, 2 * n, rounding_mode="floor")
+            ramp = 1 + torch.div(self.training_calls, DEAD_CODE_RAMP, rounding_mode="floor")
+            self.dead_code_window.copy_(torch.minimum(coverage, ramp).clamp_min(1))
         if self.dead_code_threshold > 0:
             ema = self.usage_ema
             c = counts.to(ema.dtype)

@@ -57,11 +57,12 @@ import torch
 from .. import __version__
 from ..quantizers.vector import ALTERNATING_LR, VectorQuantizer
 from .build import build_from_recipe, load_datasets
+from .checkpoint import peek_state
 from .console import note, warn
 from .logging import read_metrics
 from .plots import line_plot
 from .recipe import QuantizerConfig, Recipe, RecipeError, apply_overrides, parse_overrides, to_toml
-from .rundir import ABLATION_JSON_FILE, ABLATION_TABLE_FILE, STATE_FILE, RunDir, ablation_run_dir, curves_file, run_lock_file
+from .rundir import ABLATION_JSON_FILE, ABLATION_TABLE_FILE, RunDir, ablation_run_dir, curves_file, run_lock_file
 from .rungs import LADDER, RUNG_NAMES, RUNGS, TABLES, Rung
 from .trainer import TrainingInterrupted, train
 
@@ -331,13 +332,8 @@ def _checkpoint_release(run: RunDir) -> str | None:
     """The vqkit release recorded by the run's newest checkpoint: None without a readable checkpoint
     (nothing to resume), ``"unrecorded"`` for one written before checkpoints recorded it."""
     dirs = run.step_dirs()
-    if not dirs:
-        return None
-    try:
-        state = json.loads((dirs[-1][1] / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return str(state.get("vqkit", "unrecorded")) if isinstance(state, dict) else None
+    state = peek_state(dirs[-1][1]) if dirs else None
+    return None if state is None else str(state.get("vqkit", "unrecorded"))
 
 
 def _summary(run: RunDir) -> dict[str, Any] | None:

@@ -53,6 +53,7 @@ __all__ = [
     "Checkpoint",
     "save_checkpoint",
     "latest_checkpoint",
+    "peek_state",
     "read_checkpoint",
     "find_checkpoint",
     "load_checkpoint",
@@ -195,6 +196,16 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest checkpoint directory with a ``state.json`` (not checked further), or None."""
     dirs = [p for _, p in RunDir(run_dir).step_dirs() if (p / STATE_FILE).is_file()]
     return dirs[-1] if dirs else None
+
+
+def peek_state(checkpoint: Path) -> dict[str, Any] | None:
+    """The ``state.json`` of checkpoint directory ``checkpoint`` as a dict, None when it is missing or not a
+    JSON object (nothing else is checked: :func:`read_checkpoint` validates)."""
+    try:
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def remove_leftovers(run_dir: str | Path) -> list[Path]:

@@ -27,11 +27,11 @@ from torch import nn
 
 from .. import __version__
 from ..quantizers.vector import DEFAULT_CHANGES, DefaultChange, VectorQuantizer
-from .checkpoint import Checkpoint, CheckpointError, find_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, find_checkpoint, peek_state
 from .console import note
 from .logging import MetricsFileError, scan_metrics
 from .recipe import Recipe, RecipeError, read_recipe_file, recipe_differences
-from .rundir import STATE_FILE, RunDir
+from .rundir import RunDir
 
 __all__ = ["resume_recipe", "ResumePlan", "plan_resume", "stale_defaults"]
 
@@ -39,10 +39,10 @@ __all__ = ["resume_recipe", "ResumePlan", "plan_resume", "stale_defaults"]
 def _checkpoint_recipe(run: RunDir) -> tuple[Recipe, Path] | None:
     """The recipe stored in the newest checkpoint whose ``state.json`` holds a valid one."""
     for _, path in reversed(run.step_dirs()):
+        state = peek_state(path)
         try:
-            state = json.loads((path / STATE_FILE).read_text())
             return Recipe.from_dict(state["recipe"]), path
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             continue
     return None
 
