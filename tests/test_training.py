@@ -450,7 +450,12 @@ def test_report_explains_the_loss_terms_and_the_usage_curve():
     (note,) = usage_curve_notes(records, dead_code_steps=20)
     assert "starts at 100% (step 1)" in note and "drops to 11% by step 4" in note
     assert "`dead_code_steps` = 20" in note and "96% at step 25" in note and "not a collapse" in note
-    (auto,) = usage_curve_notes(records, dead_code_steps=20, auto=True)
-    assert '`dead_code_steps="auto"` (here 20)' in auto
+    (auto,) = usage_curve_notes(records, dead_code_steps=20, auto=True)  # the ramp: window 1 at the dip (step 4)
+    assert 'the `dead_code_steps="auto"` window, which ramps in (at most 1 + t // 10 at step t: 1 at step 4, 20 at ' \
+        "the end)" in auto and "(here 30% at step 9)" in auto
+    late = [1.0] + [0.95] * 30 + [0.4] + [0.5, 0.6, 0.7, 0.8, 0.9] * 4  # a dip at step 32: the ramp's window is 4
+    (ramped,) = usage_curve_notes([{"step": i + 1, "usage": u} for i, u in enumerate(late)], 50, auto=True)
+    assert "drops to 40% by step 32" in ramped and "4 at step 32, 50 at the end" in ramped
+    assert "(here 90% at step 37)" in ramped  # read after the dip
     (flat,) = usage_curve_notes([{"step": i, "usage": 0.9} for i in range(1, 10)], dead_code_steps=5)
     assert "drops" not in flat

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..quantizers.vector import DEAD_CODE_RAMP
 from .build import build_from_recipe, load_datasets
 from .checkpoint import latest_checkpoint, load_model_weights
 from .console import note
@@ -88,18 +89,27 @@ def usage_curve_notes(records: list[dict[str, Any]], dead_code_steps: int | None
                  "pulled along only while it is chosen, so the codes the embeddings move away from stop being "
                  "chosen and stay behind. This is not a collapse of training: ")
         if dead_code_steps:
-            after = [(s, u) for s, u in zip(steps, usage) if s > dead_code_steps]
+            # "auto" ramps its window in: at the dip it was at most 1 + t // DEAD_CODE_RAMP
+            window = min(dead_code_steps, 1 + low_step // DEAD_CODE_RAMP) if auto else dead_code_steps
+            ramped = auto and window < dead_code_steps
+            after = [(s, u) for s, u in zip(steps, usage) if s > (low_step if ramped else window)]
             if after:
                 s5, u5 = after[min(4, len(after) - 1)]
                 when = f" (here {_pct(u5)} at step {s5})"
             else:
-                when = f" (after step {dead_code_steps}, later than this run's last step {steps[-1]})"
-            setting = (f'`dead_code_steps="auto"` (here {dead_code_steps})' if auto
-                       else f"`dead_code_steps` = {dead_code_steps}")
-            text += (f"dead-code replacement re-seeds every code that was not chosen for {setting} "
-                     f"steps on current embeddings, so usage jumps back once that many steps "
-                     f"have passed{when}; a smaller `dead_code_steps` (or a `dead_code_threshold`) shortens the "
-                     "dip.")
+                when = f" (after step {window}, later than this run's last step {steps[-1]})"
+            if ramped:
+                text += (f'dead-code replacement re-seeds on current embeddings every code that was not chosen for '
+                         f'the `dead_code_steps="auto"` window, which ramps in (at most 1 + t // {DEAD_CODE_RAMP} at '
+                         f"step t: {window} at step {low_step}, {dead_code_steps} at the end), so usage comes back "
+                         f"within a few steps{when}.")
+            else:
+                setting = (f'`dead_code_steps="auto"` (here {window})' if auto
+                           else f"`dead_code_steps` = {window}")
+                text += (f"dead-code replacement re-seeds every code that was not chosen for {setting} "
+                         f"steps on current embeddings, so usage jumps back once that many steps "
+                         f"have passed{when}; a smaller `dead_code_steps` (or a `dead_code_threshold`) shortens "
+                         "the dip.")
         else:
             text += ("this quantizer does not replace dead codes (`dead_code_steps` = 0), so only the codes "
                      "the embeddings come back to are used again; set `dead_code_steps` to re-seed unused codes.")
