@@ -1,8 +1,8 @@
 """The first training steps of a recipe, one row per step: why training usage dips right after the k-means init.
 
 Replays the trainer's steps exactly (same batches, optimizer, learning-rate schedule and loss; the training-batch
-usage equals the run's ``metrics.jsonl``) and reports after each step, for the recipe's vector quantizer: the
-training-batch usage and dead codes, the ``auto`` window in use, the mean per-channel spread (std) of the
+usage equals the run's ``metrics.jsonl`` of a one-process CPU run) and reports after each step, for the recipe's
+vector quantizer: the training-batch usage and dead codes, the window the next call uses, the mean per-channel spread (std) of the
 batch's latent vectors and of the codes, and the distance between their means (how far the encoder's output
 has moved away from the codebook it was fit to). CPU, a few seconds per step at K <= 8192::
 
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from vqkit import VectorQuantizer
 from vqkit.training import apply_overrides, build_from_recipe, load_datasets, load_recipe
@@ -46,6 +47,7 @@ def early_steps(recipe_name: str, steps: int, overrides: list[str]) -> list[dict
 
     hook = vq.register_forward_hook(keep_input)
     stream = BatchStream(len(train_ds), recipe.batch_size, recipe.seed, 0, 1)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if recipe.bf16 else contextlib.nullcontext
     rows = []
     model.train()
     for step in range(steps):
@@ -53,9 +55,11 @@ def early_steps(recipe_name: str, steps: int, overrides: list[str]) -> list[dict
         x, y = train_ds.get_batch(stream.local_batch(step), torch.device("cpu"))
         metrics = _train_step(model, model.task, optimizer, x, y, lr=lr_at(recipe.optim, step, recipe.steps),
                               quantizer_weight=recipe.quantizer.loss_weight, grad_clip=recipe.optim.grad_clip,
-                              autocast=contextlib.nullcontext)
+                              autocast=autocast)
         with torch.no_grad():
-            z = vq._project_in(latents[0])
+            z = vq._project_in(latents[0].float())
+            if vq.metric == "cosine":
+                z = F.normalize(z, dim=-1)
             c = vq.latent_codebook
             rows.append({"step": step + 1, "train usage (%)": 100 * float(metrics["usage"]),
                          "dead codes": float(metrics["dead_codes"]), "window": float(vq.dead_code_window),

@@ -450,15 +450,10 @@ def test_stale_defaults_name_only_the_arguments_left_to_a_changed_default():
                            "d": VectorQuantizer(4, 8, alternating_lr=0.1, dead_code_steps="auto")})
     assert model["a"].defaulted == {"alternating_lr", "dead_code_steps"} and not model["c"].defaulted
     assert model["b"].defaulted == model["d"].defaulted == {"dead_code_steps"}  # "auto" given: its rule changed too
-    def changes(*since: str) -> list[str]:
-        return [f"{m}:{arg}@{v}" for m in "abd" for arg, v in (("alternating_lr", "0.2.0"), ("dead_code_steps", "0.3.0"),
-                                                              ("dead_code_steps", "0.4.0"))
-                if v in since and f"{m}:{arg}" in ("a:alternating_lr", "a:dead_code_steps", "b:dead_code_steps",
-                                                   "d:dead_code_steps")]
-    every = changes("0.2.0", "0.3.0", "0.4.0")
-    for release, stale in ((None, every), ("garbage", every), ("0.1.9", every), ("0.2.0", changes("0.3.0", "0.4.0")),
-                           ("0.3.0", changes("0.4.0")), ("0.4.0", []), ("0.10.0", [])):
-        assert [f"{name}:{c.argument}@{c.since}" for name, c in stale_defaults(model, release)] == stale, release
+    both = ["a:alternating_lr", "a:dead_code_steps", "b:dead_code_steps", "d:dead_code_steps"]
+    for release, stale in ((None, both), ("garbage", both), ("0.1.9", both), ("0.2.0", both[1:]), ("0.3.0", []),
+                           ("0.4.0", []), ("0.10.0", [])):
+        assert [f"{name}:{c.argument}" for name, c in stale_defaults(model, release)] == stale, release
 
 
 def test_a_checkpoint_without_its_release_takes_it_from_the_run_summary_of_the_same_session(run_copy, capsys):
@@ -493,24 +488,38 @@ def test_resume_across_the_auto_window_change_pins_the_checkpoint_window(tmp_pat
     assert code == 0, err
 
 
-def test_resume_across_the_window_ramp_pins_the_checkpoint_window(tmp_path, tiny_recipe, capsys):
-    """The "auto" window ramps in since 0.4.0 (at most 1 + t // 10 at call t): a 0.3.0 run resumes only with its
-    window pinned, and a 0.4.0 run continues its ramp from the checkpoint's call count."""
+def test_a_checkpoint_from_before_the_ramp_resumes_past_it(tmp_path, tiny_recipe, capsys):
+    """Checkpoints of 0.3.0 have no training_calls buffer: they load (resume, report, load_model_weights) as past
+    the ramp, so "auto" continues with the window the run had, no pin needed; a 0.4.0 checkpoint continues its
+    ramp from its call count."""
+    from safetensors.torch import save_file
+
+    from vqkit.quantizers.vector import RAMP_DONE
+    from vqkit.training import build_from_recipe, load_datasets, load_model_weights
+
     run = tmp_path / "run"
-    train(tiny_recipe(4, 'quantizer.dead_code_steps="auto"', "quantizer.codebook_size=256", "log.checkpoint_every=2"),
-          run)
+    recipe = tiny_recipe(4, 'quantizer.dead_code_steps="auto"', "quantizer.codebook_size=256", "log.checkpoint_every=2")
+    train(recipe, run)
     (run / "run.json").unlink()
-    _set_release(run, "0.3.0")
-    tensors = load_file(str(latest_checkpoint(run) / "model.safetensors"))
+    path = latest_checkpoint(run) / "model.safetensors"
+    tensors = load_file(str(path))
     assert int(tensors["quantizer.training_calls"]) == 4
-    window = int(tensors["quantizer.dead_code_window"])
-    code, err = _resume(run, capsys)
-    assert code == 2, err
-    assert ('dead_code_steps: "auto" = round(8 K / n) calls before vqkit 0.4.0, "auto" = round(8 K / n) calls, at '
-            "most 1 + t // 10 at the t-th call since") in err
-    assert "before 0.3.0" not in err
-    assert f"pin it: --set quantizer.dead_code_steps={window} continues as the run started before 0.4.0" in err
-    _set_release(run, "0.4.0")
-    code, err = _resume(run, capsys, "--set", "steps=6")
+    code, err = _resume(run, capsys, "--set", "steps=6")  # 0.4.0 -> 0.4.0: the ramp goes on
     assert code == 0, err
     assert int(load_file(str(latest_checkpoint(run) / "model.safetensors"))["quantizer.training_calls"]) == 6
+
+    old = run / "old"
+    shutil.copytree(run, old, ignore=shutil.ignore_patterns("*.lock"))
+    path = latest_checkpoint(old) / "model.safetensors"
+    tensors = load_file(str(path))
+    window = int(tensors["quantizer.dead_code_window"])
+    save_file({k: v for k, v in tensors.items() if k != "quantizer.training_calls"}, str(path))  # as 0.3.0 wrote
+    _set_release(old, "0.3.0")
+    model = build_from_recipe(recipe, load_datasets(recipe)[0])
+    load_model_weights(latest_checkpoint(old), model)
+    assert int(model.quantizer.training_calls) == RAMP_DONE and int(model.quantizer.dead_code_window) == window
+    code, err = _resume(old, capsys, "--set", "steps=8")
+    assert code == 0, err
+    assert not [p for p in old.rglob("*") if "corrupt" in p.name] and "no intact checkpoint" not in err
+    after = load_file(str(latest_checkpoint(old) / "model.safetensors"))
+    assert int(after["quantizer.training_calls"]) == RAMP_DONE + 2

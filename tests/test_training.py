@@ -450,12 +450,16 @@ def test_report_explains_the_loss_terms_and_the_usage_curve():
     (note,) = usage_curve_notes(records, dead_code_steps=20)
     assert "starts at 100% (step 1)" in note and "drops to 11% by step 4" in note
     assert "`dead_code_steps` = 20" in note and "96% at step 25" in note and "not a collapse" in note
-    (auto,) = usage_curve_notes(records, dead_code_steps=20, auto=True)  # the ramp: window 1 at the dip (step 4)
-    assert 'the `dead_code_steps="auto"` window, which ramps in (at most 1 + t // 10 at step t: 1 at step 4, 20 at ' \
-        "the end)" in auto and "(here 30% at step 9)" in auto
+    (auto,) = usage_curve_notes(records, dead_code_steps=20, auto=True, calls_per_step=1)  # window 1 at step 4
+    assert 'the `dead_code_steps="auto"` window, which ramps in (at most 1 + t // 10 after t calls: 1 at step 4, 20 ' \
+        "at the end)" in auto and "(here 30% at step 9)" in auto
+    (old,) = usage_curve_notes(records, dead_code_steps=20, auto=True)  # a run from before the ramp
+    assert '`dead_code_steps="auto"` (here 20)' in old and "96% at step 25" in old
     late = [1.0] + [0.95] * 30 + [0.4] + [0.5, 0.6, 0.7, 0.8, 0.9] * 4  # a dip at step 32: the ramp's window is 4
-    (ramped,) = usage_curve_notes([{"step": i + 1, "usage": u} for i, u in enumerate(late)], 50, auto=True)
+    (ramped,) = usage_curve_notes([{"step": i + 1, "usage": u} for i, u in enumerate(late)], 50, True, 1)
     assert "drops to 40% by step 32" in ramped and "4 at step 32, 50 at the end" in ramped
+    (levels,) = usage_curve_notes([{"step": i + 1, "usage": u} for i, u in enumerate(late)], 50, True, 3)
+    assert "10 at step 32, 50 at the end" in levels  # a quantizer called 3 times a step ramps 3 times as fast
     assert "(here 90% at step 37)" in ramped  # read after the dip
     (flat,) = usage_curve_notes([{"step": i, "usage": 0.9} for i in range(1, 10)], dead_code_steps=5)
     assert "drops" not in flat

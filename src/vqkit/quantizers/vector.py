@@ -115,8 +115,6 @@ DEFAULT_CHANGES: tuple[DefaultChange, ...] = (
     DefaultChange("0.2.0", "alternating_lr", "1.0", str(ALTERNATING_LR), pin=1.0),
     DefaultChange("0.3.0", "dead_code_steps", '"auto" = ceil(2 K / n) calls', '"auto" = round(8 K / n) calls',
                   pin_buffer="dead_code_window"),
-    DefaultChange("0.4.0", "dead_code_steps", '"auto" = round(8 K / n) calls',
-                  '"auto" = round(8 K / n) calls, at most 1 + t // 10 at the t-th call', pin_buffer="dead_code_window"),
 )
 
 #: the paper's full method: every technique on (``VectorQuantizer(dim, K, **PAPER)``).
@@ -133,13 +131,14 @@ USAGE_EMA_DECAY = 0.8
 #: have been chosen this many times. It is 1 while a batch holds more than ``2 / 3`` of this many vectors per code.
 DEAD_CODE_COVERAGE = 8
 
-#: ``dead_code_steps="auto"`` ramps its window in: at the ``t``-th training call (the first initializes the codebook)
-#: it is at most ``1 + t // DEAD_CODE_RAMP``, so the codes stranded while the encoder's output still moves fast
+#: ``dead_code_steps="auto"`` ramps its window in (vqkit 0.4.0): after the ``t``-th training call (the buffer
+#: ``training_calls``) it is at most ``1 + t // DEAD_CODE_RAMP``, so the codes stranded while the encoder's output still moves fast
 #: (the spread of the Fashion-MNIST VQ-VAE's latents grows 9-20-fold over its first 30 steps) are re-seeded within a
 #: few calls instead of a full window.
 DEAD_CODE_RAMP = 10
 
-#: ``training_calls`` given to checkpoints written before the buffer existed: past any ramp.
+#: ``training_calls`` given to checkpoints written before the buffer existed: past any ramp, so a run resumed from
+#: one continues with the window it had (no ramp, as it started); the ramp needs no entry in :data:`DEFAULT_CHANGES`.
 RAMP_DONE = 1 << 40
 
 #: ``replacement_sampling`` choices: the rule by which batch rows re-seed dead codes.
@@ -275,7 +274,7 @@ class VectorQuantizer(Quantizer):
             mass ``1 / K`` would have been chosen about 8 times. That is 1 (every code a batch did not choose
             is re-seeded before the next search) while a batch holds more than 16 / 3 vectors per code, and grows
             with K beyond, so a large codebook is not churned before its codes can be chosen. It ramps in:
-            at the ``t``-th training call it is at most ``1 + t // 10`` (:data:`DEAD_CODE_RAMP`), so codes
+            after the ``t``-th training call it is at most ``1 + t // 10`` (:data:`DEAD_CODE_RAMP`), so codes
             stranded while the encoder's output still moves fast, right after the init, are re-seeded within a
             few calls. Chosen by measurement (Fashion-MNIST VQ-VAE, K = 2^9 ... 2^16, against fixed windows;
             ``ceil(2 K / n)`` before vqkit 0.3.0, no ramp before 0.4.0); the window in use is the buffer
@@ -321,6 +320,9 @@ class VectorQuantizer(Quantizer):
     ``commitment_loss`` and ``codebook_loss`` (the two weighted terms of ``loss``), and with the regularizers
     on ``orthogonal_loss`` and ``diversity_entropy`` (unweighted).
     """
+
+    #: buffers that checkpoints of older releases lack; loading fills them in (``_load_from_state_dict``)
+    optional_state_keys: tuple[str, ...] = ("dead_code_window", "training_calls")
 
     def __init__(
         self,
@@ -439,7 +441,7 @@ class VectorQuantizer(Quantizer):
         # calls unused after which a code is dead (fixed, or recomputed every training call with "auto")
         window = 1 if dead_code_steps == "auto" else (dead_code_steps or DEAD_CODE_WINDOW)
         self.register_buffer("dead_code_window", torch.tensor(window, dtype=torch.int64))
-        # training calls that maintained the codebook (the first one initializes it): the "auto" window's ramp
+        # training calls that maintained the codebook: the "auto" window's ramp
         self.register_buffer("training_calls", torch.tensor(0, dtype=torch.int64))
         if self.dead_code_threshold > 0:  # inf = not yet observed (the first call's counts are copied)
             self.register_buffer("usage_ema", torch.full((codebook_size,), float("inf")))

@@ -281,8 +281,16 @@ def _check_finite(path: Path, tensors: dict[str, Tensor]) -> None:
         raise CheckpointError(f"{path}: non-finite values (NaN or inf) in {_names(bad)}")
 
 
+def _optional_keys(model: nn.Module) -> set[str]:
+    """State-dict keys a checkpoint may lack: buffers a module gained after checkpoints without them were
+    written, which its own loading fills in (listed by the module's ``optional_state_keys``)."""
+    return {f"{name}.{key}" if name else key for name, module in model.named_modules()
+            for key in getattr(module, "optional_state_keys", ())}
+
+
 def _check_model_tensors(path: Path, tensors: dict[str, Tensor], model: nn.Module) -> None:
-    expected = model.state_dict()
+    optional = _optional_keys(model)
+    expected = {k: v for k, v in model.state_dict().items() if k in tensors or k not in optional}
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
     if missing or unexpected:

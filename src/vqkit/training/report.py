@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from ..quantizers.vector import DEAD_CODE_RAMP
+from ..quantizers.vector import DEAD_CODE_RAMP, RAMP_DONE
 from .build import build_from_recipe, load_datasets
-from .checkpoint import latest_checkpoint, load_model_weights
+from .checkpoint import checkpoint_step, latest_checkpoint, load_model_weights
 from .console import note
 from .evaluate import evaluate
 from .logging import read_metrics
@@ -70,9 +70,11 @@ def loss_terms(record: dict[str, Any], loss_weight: float, weights: tuple[float,
     return lines
 
 
-def usage_curve_notes(records: list[dict[str, Any]], dead_code_steps: int | None, auto: bool = False) -> list[str]:
+def usage_curve_notes(records: list[dict[str, Any]], dead_code_steps: int | None, auto: bool = False,
+                      calls_per_step: int | None = None) -> list[str]:
     """A paragraph explaining the training usage curve of ``records`` (train records), with its numbers;
-    ``auto``: ``dead_code_steps`` is the window ``dead_code_steps="auto"`` chose."""
+    ``auto``: ``dead_code_steps`` is the window ``dead_code_steps="auto"`` ended with; ``calls_per_step``: the
+    quantizer's training calls per step when its window ramped in (None: no ramp, e.g. a run from before it)."""
     steps, usage = _series(records, "usage")
     if len(usage) < 3:
         return []
@@ -89,9 +91,11 @@ def usage_curve_notes(records: list[dict[str, Any]], dead_code_steps: int | None
                  "pulled along only while it is chosen, so the codes the embeddings move away from stop being "
                  "chosen and stay behind. This is not a collapse of training: ")
         if dead_code_steps:
-            # "auto" ramps its window in: at the dip it was at most 1 + t // DEAD_CODE_RAMP
-            window = min(dead_code_steps, 1 + low_step // DEAD_CODE_RAMP) if auto else dead_code_steps
-            ramped = auto and window < dead_code_steps
+            # "auto" ramps its window in: at step s it was at most 1 + (calls before s) // DEAD_CODE_RAMP
+            ramp = auto and calls_per_step is not None
+            window = min(dead_code_steps, 1 + (low_step - 1) * calls_per_step // DEAD_CODE_RAMP) if ramp \
+                else dead_code_steps
+            ramped = ramp and window < dead_code_steps
             after = [(s, u) for s, u in zip(steps, usage) if s > (low_step if ramped else window)]
             if after:
                 s5, u5 = after[min(4, len(after) - 1)]
@@ -100,8 +104,8 @@ def usage_curve_notes(records: list[dict[str, Any]], dead_code_steps: int | None
                 when = f" (after step {window}, later than this run's last step {steps[-1]})"
             if ramped:
                 text += (f'dead-code replacement re-seeds on current embeddings every code that was not chosen for '
-                         f'the `dead_code_steps="auto"` window, which ramps in (at most 1 + t // {DEAD_CODE_RAMP} at '
-                         f"step t: {window} at step {low_step}, {dead_code_steps} at the end), so usage comes back "
+                         f'the `dead_code_steps="auto"` window, which ramps in (at most 1 + t // {DEAD_CODE_RAMP} after '
+                         f"t calls: {window} at step {low_step}, {dead_code_steps} at the end), so usage comes back "
                          f"within a few steps{when}.")
             else:
                 setting = (f'`dead_code_steps="auto"` (here {window})' if auto
@@ -248,8 +252,13 @@ def write_report(run_dir: str | Path, *, num_images: int = 16, verbose: bool = F
                  "commitment term pulls the encoder's outputs to their codes, the codebook term the codes to the "
                  "outputs." if "vq_mse" in last else "."), ""]
     lines += loss_terms(last, weight, weights)
+    calls_per_step = None  # the pace of the "auto" window's ramp (checkpoints from before it: none)
+    calls = getattr(quantizer, "training_calls", None)
+    ckpt_step = checkpoint_step(ckpt.name) if ckpt is not None else None
+    if auto and calls is not None and ckpt_step and int(calls) < RAMP_DONE:
+        calls_per_step = max(1, round(int(calls) / ckpt_step))
     usage_text = usage_curve_notes(train_records, dead_code_steps if isinstance(dead_code_steps, int) else None,
-                                   auto)
+                                   auto, calls_per_step)
     lines += ["", f"## Last training record (step {last['step']})", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in last.items() if k not in ("step", "split")]
     for title, path in images:
