@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from vqkit import VectorQuantizer
+from vqkit.quantizers.base import flatten_input
 from vqkit.training import apply_overrides, build_from_recipe, load_datasets, load_recipe
 from vqkit.training.optim import build_optimizer, lr_at
 from vqkit.training.sampling import BatchStream
@@ -42,8 +43,7 @@ def early_steps(recipe_name: str, steps: int, overrides: list[str]) -> list[dict
     latents: list[torch.Tensor] = []
 
     def keep_input(module, args, output) -> None:
-        x = args[0].detach()
-        latents.append(x.movedim(vq.channel_dim, -1).reshape(-1, x.shape[vq.channel_dim]))
+        latents.append(flatten_input(vq, args[0].detach(), None)[0])  # (N, dim) rows, as the quantizer sees them
 
     hook = vq.register_forward_hook(keep_input)
     stream = BatchStream(len(train_ds), recipe.batch_size, recipe.seed, 0, 1)

@@ -734,7 +734,7 @@ class VectorQuantizer(Quantizer):
             counts = code_counts(indices, self.codebook_size, None if weight is None else weight > 0)
             dist_utils.all_reduce_sum_(counts)
         self.code_age.add_(1).masked_fill_(counts > 0, 0)
-        self.training_calls.add_(1)
+        self.training_calls.add_(1)  # with a fixed window too: a resume that switches to "auto" is past the ramp
         if self.dead_code_steps == "auto":  # counts are all-reduced: the same window on every rank
             n = counts.sum().round().to(torch.int64).clamp_min(1)  # integer math: exact, and on every device
             # round(C K / n), halves up, and at most 1 + t // R at the t-th call

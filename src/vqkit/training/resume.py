@@ -40,6 +40,8 @@ def _checkpoint_recipe(run: RunDir) -> tuple[Recipe, Path] | None:
     """The recipe stored in the newest checkpoint whose ``state.json`` holds a valid one."""
     for _, path in reversed(run.step_dirs()):
         state = peek_state(path)
+        if state is None:
+            continue
         try:
             return Recipe.from_dict(state["recipe"]), path
         except (ValueError, KeyError, TypeError):
