@@ -80,3 +80,89 @@ def test_early_steps_replays_the_trainer_exactly(tmp_path: Path, tiny_recipe) ->
     assert [r["window"] for r in rows] == [1] * 9 + [2] * 3  # min(round(8 K / n), 1 + t // 10), n = 32 * 16
     text = module.to_markdown(rows, "cmd")
     assert text.count("\n| ") == 13 and "| 12 |" in text
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lloyd_steps_reach_the_cluster_means() -> None:
+    import torch
+
+    module = _script("lloyd_probe")
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(200, 3, generator=gen) * 0.1
+    b = torch.randn(300, 3, generator=gen) * 0.1 + 5.0
+    x = torch.cat([a, b])
+    # both centers start inside cluster a; a third never gets a point and must stay where it is
+    start = torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.3, 0.3], [100.0, 100.0, 100.0]])
+    out = module.lloyd(x, start, iters=10)
+    means = torch.stack([a.mean(0), b.mean(0)])
+    got = out[:2][out[:2, 0].argsort()]
+    assert torch.allclose(got, means, atol=1e-5)
+    assert torch.equal(out[2], start[2])
+    assert module.channel_last_rows(torch.zeros(2, 4, 3, 5), 4).shape == (30, 4)
+    assert module.channel_last_rows(torch.zeros(2, 3, 4), 4).shape == (6, 4)
+
+
+def test_lloyd_probe_reads_the_model_codebook_as_the_model_quantizes(tmp_path: Path, tiny_recipe) -> None:
+    """The probe's perplexity of the trained codebook equals code_mass's count on the same test split."""
+    from vqkit.training import train
+
+    probe, mass = _script("lloyd_probe"), _script("code_mass")
+    train(tiny_recipe(10, "quantizer.codebook_size=32"), tmp_path / "run")
+    assert probe.main([str(tmp_path / "run"), "--iters", "3", "--rows", "2000", "--out", str(tmp_path / "p.md")]) == 0
+    row = [line for line in (tmp_path / "p.md").read_text().splitlines() if line.startswith(f"| {tmp_path}")]
+    model_ppl, model_err = (float(v) for v in row[0].split(" | ")[3].split(" / "))
+    assert model_ppl == pytest.approx(mass.mass_stats(mass.test_counts(tmp_path / "run"))["perplexity"], abs=0.06)
+    assert model_err > 0
+
+
+def test_assignment_bias_probe_favours_idle_codes_in_training_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from vqkit import VectorQuantizer
+    from vqkit.quantizers import vector
+
+    probes = _script("balance_probes")
+    for name in ("_assign", "_bookkeep"):  # undone after the test
+        monkeypatch.setattr(vector.VectorQuantizer, name, getattr(vector.VectorQuantizer, name))
+    probes.patch_assignment_bias(eta=0.5, at_eval=False)
+    torch.manual_seed(0)
+    q = VectorQuantizer(4, 8, kmeans_init=False, dead_code_steps=0, alternating_steps=0, channel_dim=-1)
+    x = torch.randn(64, 4)
+    for _ in range(5):
+        q(x)
+    b = q.__dict__["_probe_bias"]
+    counts = torch.bincount(q.eval()(x).indices, minlength=8)
+    assert b.sum().abs() < 1e-5  # centred
+    assert (b[counts == 0] > 0).all() and b[counts.argmax()] < 0  # idle codes gain, the busiest loses
+    codes = q.effective_codes(False)
+    assert torch.equal(q(x).indices, torch.cdist(x, codes).argmin(1))  # evaluation: the nearest code
+
+
+def test_balance_probe_tables_name_the_probe_and_its_runs_are_not_reused(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from conftest import TINY_OVERRIDES
+    from vqkit.quantizers import vector
+    from vqkit.training import ablate, resume, trainer
+
+    for name in ("_assign", "_bookkeep"):
+        monkeypatch.setattr(vector.VectorQuantizer, name, getattr(vector.VectorQuantizer, name))
+    for module in (ablate, resume, trainer):
+        monkeypatch.setattr(module, "__version__", module.__version__)
+    probes = _script("balance_probes")
+    sets = [a for o in ["steps=4", *TINY_OVERRIDES] for a in ("--set", o)]
+    cmd = ["assignment-bias", "--eta", "0.05", "--", "ablate", "--seeds", "0", "--rungs", "defaults",
+           "--threads", "1", *sets, "--out", str(tmp_path)]
+    assert probes.main(cmd) == 0
+    text = (tmp_path / "ablation.md").read_text()
+    assert "python scripts/balance_probes.py assignment-bias --eta 0.05 -- ablate" in text
+    assert "\nvqkit ablate" not in text
+    summary = json.loads((tmp_path / "ablation.json").read_text())
+    assert summary["vqkit"].endswith("+assignment-bias-0.05")
