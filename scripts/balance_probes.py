@@ -9,7 +9,10 @@ unpatched library in the same output directory.
   training call ``b_k += eta * d * clip(1 - K m_k, -1, 1)``, with ``m_k`` the code's share of the call's
   vectors and ``d`` the mean squared distance to the selected codes, then ``b`` is centred. Codes used less
   than ``1 / K`` win ties they would lose. The bias is used in training only, or also in evaluation with
-  ``--at-eval`` (then the evaluation does not quantize to the nearest code). Single process only.
+  ``--at-eval`` (then the evaluation does not quantize to the nearest code). Limits of a probe: single
+  process, euclidean metric, no Gumbel sampling; the bias lives in the process, not in the checkpoints, so a
+  resumed run starts it again from zero and a later evaluation of a checkpoint (the report, ``code_mass.py``)
+  quantizes to the nearest code even for an ``--at-eval`` run.
 * ``codebook-diversity``: the diversity regularizer (``diversity_weight``) with the encoder's vectors detached,
   so its gradient moves the codes only (the library's regularizer also moves the encoder).
 
@@ -22,6 +25,7 @@ Example (K = 1024, seed 0)::
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -31,6 +35,11 @@ import torch
 from vqkit.quantizers import vector
 
 
+#: what the probes replace, as it was when this module was loaded (patching twice wraps the originals again)
+ORIGINALS = {"_assign": vector.VectorQuantizer._assign, "_bookkeep": vector.VectorQuantizer._bookkeep,
+             "soft_assignment_entropy": vector.soft_assignment_entropy}
+
+
 def patch_assignment_bias(eta: float, at_eval: bool) -> None:
     def bias(self: vector.VectorQuantizer, device: torch.device) -> torch.Tensor:
         b = self.__dict__.get("_probe_bias")
@@ -38,8 +47,7 @@ def patch_assignment_bias(eta: float, at_eval: bool) -> None:
             b = self.__dict__["_probe_bias"] = torch.zeros(self.codebook_size, device=device)
         return b
 
-    nearest = vector.VectorQuantizer._assign
-    bookkeep = vector.VectorQuantizer._bookkeep
+    nearest, bookkeep = ORIGINALS["_assign"], ORIGINALS["_bookkeep"]
 
     def assign(self, z: torch.Tensor, codes: torch.Tensor, training: bool) -> torch.Tensor:
         if self.metric != "euclidean" or not (training or at_eval):
@@ -64,15 +72,17 @@ def patch_assignment_bias(eta: float, at_eval: bool) -> None:
 
 
 def patch_codebook_diversity() -> None:
-    entropy = vector.soft_assignment_entropy
+    entropy = ORIGINALS["soft_assignment_entropy"]
     vector.soft_assignment_entropy = lambda z, codes, *a, **k: entropy(z.detach(), codes, *a, **k)
 
 
 def tag_version(tag: str) -> None:
+    """Record ``<release>+<tag>`` as the version of the runs this process writes."""
+    from vqkit import __version__ as release
     from vqkit.training import ablate, resume, trainer
 
     for module in (ablate, resume, trainer):
-        module.__version__ = f"{module.__version__}+{tag}"
+        module.__version__ = f"{release}+{tag}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,10 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     inner = argv[cut + 1:]
     rc = vqkit_main(inner)
     if rc == 0 and inner[:1] == ["ablate"] and "--out" in inner:  # the table names the probe, not bare vqkit
-        table = Path(inner[inner.index("--out") + 1]) / "ablation.md"
+        out = Path(inner[inner.index("--out") + 1])
         probe = "python scripts/balance_probes.py " + " ".join(shlex.quote(a) for a in argv)
         bare = "vqkit " + " ".join(shlex.quote(a) for a in inner)
-        table.write_text(table.read_text().replace(bare, probe, 1))
+        (out / "ablation.md").write_text((out / "ablation.md").read_text().replace(bare, probe, 1))
+        summary = json.loads((out / "ablation.json").read_text())
+        summary["command"] = probe
+        (out / "ablation.json").write_text(json.dumps(summary, indent=1) + "\n")
     return rc
 
 

@@ -4,13 +4,15 @@ For each run directory, load the final checkpoint and collect the quantizer's in
 latents) on the training and the test split. Then quantize the test latents with three codebooks of the
 same size K and report perplexity and mean squared quantization error ``||z - c||^2`` of each:
 
-* ``model``: the trained codebook, as the model quantizes (its own output);
-* ``lloyd``: the trained codebook refined by Lloyd (k-means) iterations on the training latents;
+* ``model``: the trained codebook, as the model quantizes (its own indices and outputs);
+* ``lloyd``: the trained codebook (``quantizer.codebook``) refined by Lloyd (k-means) iterations on the
+  training latents;
 * ``fresh``: k-means++ seeded k-means on the training latents, from scratch.
 
 If two models differ in perplexity under ``model`` but not under ``fresh``, the difference is in where their
 codes sit, not in the latents their encoders produce (and the other way round). Runs on CPU in a few
-minutes per run::
+minutes per run. Needs a single-codebook quantizer with the euclidean metric whose codes live in its input space
+(``VectorQuantizer`` without ``codebook_dim`` / cosine, or the vector-quantize-pytorch adapter)::
 
     python scripts/lloyd_probe.py RUN_DIR [RUN_DIR ...] [--iters 20] [--out FILE.md]
 """
@@ -25,34 +27,47 @@ from pathlib import Path
 import torch
 
 from vqkit.maintenance import kmeans
+from vqkit.quantizers.base import move_channel_last
 from vqkit.search import nearest_code
 from vqkit.training import build_from_recipe, latest_checkpoint, load_datasets, load_model_weights
 from vqkit.training.recipe import load_recipe
 from vqkit.training.rundir import RunDir
 
 
-def channel_last_rows(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """``(B, dim, ...)`` or ``(..., dim)`` -> ``(N, dim)`` rows (the model's latent layout)."""
-    if t.shape[-1] != dim:
-        t = t.movedim(1, -1)
-    return t.reshape(-1, dim)
+def channel_last_rows(t: torch.Tensor, dim: int, channel_dim: int) -> torch.Tensor:
+    """A tensor with ``dim`` channels on axis ``channel_dim`` -> ``(N, dim)`` rows."""
+    return move_channel_last(t, channel_dim).reshape(-1, dim)
 
 
-def latents(run: Path, batch: int = 1000) -> tuple[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """K and, per split, ``(z, quantized)``: the quantizer's inputs and the model's quantized outputs ``(N, D)``."""
+def check_probe_quantizer(q: torch.nn.Module) -> None:
+    """The probe compares codebooks in the quantizer's input space with the euclidean metric."""
+    codebook = getattr(q, "codebook", None)
+    if codebook is None or codebook.dim() != 2 or codebook.shape[-1] != q.dim:
+        raise SystemExit(f"lloyd_probe: needs a single (K, dim) codebook in the input space, got {type(q).__name__}")
+    if not isinstance(getattr(q, "project_in", torch.nn.Identity()), torch.nn.Identity):
+        raise SystemExit("lloyd_probe: the codes live in a projected space (codebook_dim != dim); not supported")
+    if getattr(q, "metric", "euclidean") != "euclidean":
+        raise SystemExit(f"lloyd_probe: needs the euclidean metric, got metric={q.metric!r}")
+
+
+def latents(run: Path, batch: int = 1000) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, ...]]]:
+    """The codebook ``(K, D)`` and, per split, ``(z, quantized, indices)``: the quantizer's inputs, the model's
+    quantized outputs ``(N, D)`` and its indices ``(N,)``."""
     recipe = load_recipe(str(RunDir(run).recipe))
     train, test = load_datasets(recipe)
     model = build_from_recipe(recipe, test)
     load_model_weights(latest_checkpoint(run), model)
     model.eval()
     q = model.quantizer
-    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    check_probe_quantizer(q)
+    out: dict[str, tuple[torch.Tensor, ...]] = {}
     for split, data in (("train", train), ("test", test)):
-        zs, qs = [], []
+        zs, qs, idx = [], [], []
 
         def grab(module, args, result) -> None:
-            zs.append(channel_last_rows(args[0].detach().float(), q.dim))
-            qs.append(channel_last_rows(result.quantized.detach().float(), q.dim))
+            zs.append(channel_last_rows(args[0].detach().float(), q.dim, q.channel_dim))
+            qs.append(channel_last_rows(result.quantized.detach().float(), q.dim, q.channel_dim))
+            idx.append(result.indices.detach().reshape(-1))
 
         hook = q.register_forward_hook(grab)
         with torch.no_grad():
@@ -60,8 +75,8 @@ def latents(run: Path, batch: int = 1000) -> tuple[int, dict[str, tuple[torch.Te
                 x, _ = data.get_batch(torch.arange(start, min(start + batch, len(data))), "cpu")
                 model(x)
         hook.remove()
-        out[split] = (torch.cat(zs), torch.cat(qs))
-    return q.codebook_size, out
+        out[split] = (torch.cat(zs), torch.cat(qs), torch.cat(idx))
+    return q.codebook.float(), out
 
 
 def perplexity(indices: torch.Tensor, k: int) -> float:
@@ -99,17 +114,14 @@ def main(argv: list[str] | None = None) -> int:
              "| run | K | latent variance | model's codebook | + Lloyd on train latents | fresh k-means on train latents |",
              "|---|---|---|---|---|---|"]
     for run in args.runs:
-        k, lat = latents(Path(run))
-        (z_tr, q_tr), (z_te, q_te) = lat["train"], lat["test"]
-        codes = torch.unique(q_tr, dim=0)  # the codes the model emits on the training split
-        if len(codes) > k:
-            raise SystemExit(f"{run}: the model emits {len(codes)} distinct outputs for {k} codes (not a plain lookup)")
+        codes, lat = latents(Path(run))
+        k = codes.shape[0]
+        (z_tr, _, _), (z_te, q_te, i_te) = lat["train"], lat["test"]
         gen = torch.Generator().manual_seed(args.seed)
         z_fit = z_tr[torch.randperm(len(z_tr), generator=gen)[: args.rows]]
-        model_idx = nearest_code(q_te, codes).indices  # each test output is one of the emitted codes
-        model_ppl = perplexity(model_idx, codes.shape[0])
+        model_ppl = perplexity(i_te, k)
         model_err = float((z_te - q_te).square().sum(1).mean())
-        refined = lloyd(z_fit, torch.cat([codes, z_fit[: k - len(codes)]]), args.iters)  # unused codes: data rows
+        refined = lloyd(z_fit, codes, args.iters)
         fresh = kmeans(z_fit, k, gen, args.iters)
         var = float(z_te.var(0).sum())
         row = [f"{model_ppl:.1f} / {model_err:.4f}"]

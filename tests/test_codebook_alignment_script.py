@@ -82,6 +82,7 @@ def test_early_steps_replays_the_trainer_exactly(tmp_path: Path, tiny_recipe) ->
     assert text.count("\n| ") == 13 and "| 12 |" in text
 
 
+
 def _script(name: str):
     spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -104,65 +105,145 @@ def test_lloyd_steps_reach_the_cluster_means() -> None:
     got = out[:2][out[:2, 0].argsort()]
     assert torch.allclose(got, means, atol=1e-5)
     assert torch.equal(out[2], start[2])
-    assert module.channel_last_rows(torch.zeros(2, 4, 3, 5), 4).shape == (30, 4)
-    assert module.channel_last_rows(torch.zeros(2, 3, 4), 4).shape == (6, 4)
+
+
+def test_lloyd_probe_rows_follow_the_channel_axis() -> None:
+    import torch
+
+    module = _script("lloyd_probe")
+    t = torch.arange(2 * 7 * 7 * 7, dtype=torch.float32).reshape(2, 7, 7, 7)  # (B, C = dim, H, W = dim)
+    rows = module.channel_last_rows(t, 7, channel_dim=1)
+    assert torch.equal(rows[8], t[0, :, 1, 1])  # row (b=0, h=1, w=1) holds the 7 channels there
+    assert torch.equal(module.channel_last_rows(t, 7, channel_dim=-1)[8], t[0, 1, 1, :])
 
 
 def test_lloyd_probe_reads_the_model_codebook_as_the_model_quantizes(tmp_path: Path, tiny_recipe) -> None:
-    """The probe's perplexity of the trained codebook equals code_mass's count on the same test split."""
+    """The probe's perplexity of the trained codebook equals code_mass's count on the same test split, and
+    Lloyd steps from that codebook do not raise the training-split error they minimize."""
+    import torch
+
     from vqkit.training import train
 
     probe, mass = _script("lloyd_probe"), _script("code_mass")
-    train(tiny_recipe(10, "quantizer.codebook_size=32"), tmp_path / "run")
-    assert probe.main([str(tmp_path / "run"), "--iters", "3", "--rows", "2000", "--out", str(tmp_path / "p.md")]) == 0
+    train(tiny_recipe(10, "quantizer.codebook_size=64"), tmp_path / "run")
+    assert probe.main([str(tmp_path / "run"), "--iters", "3", "--rows", "4000", "--out", str(tmp_path / "p.md")]) == 0
     row = [line for line in (tmp_path / "p.md").read_text().splitlines() if line.startswith(f"| {tmp_path}")]
-    model_ppl, model_err = (float(v) for v in row[0].split(" | ")[3].split(" / "))
-    assert model_ppl == pytest.approx(mass.mass_stats(mass.test_counts(tmp_path / "run"))["perplexity"], abs=0.06)
-    assert model_err > 0
+    model_ppl = float(row[0].split(" | ")[3].split(" / ")[0])
+    assert model_ppl == round(mass.mass_stats(mass.test_counts(tmp_path / "run"))["perplexity"], 1)
+    codes, lat = probe.latents(tmp_path / "run")
+    z_train = lat["train"][0]
+    err = float(torch.cdist(z_train, codes).square().min(1).values.mean())
+    refined = probe.lloyd(z_train, codes, 3)
+    assert float(torch.cdist(z_train, refined).square().min(1).values.mean()) <= err * (1 + 1e-5)
 
 
-def test_assignment_bias_probe_favours_idle_codes_in_training_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lloyd_probe_refuses_projected_codes() -> None:
+    from vqkit import VectorQuantizer
+
+    probe = _script("lloyd_probe")
+    with pytest.raises(SystemExit, match="projected"):
+        probe.check_probe_quantizer(VectorQuantizer(8, 16, codebook_dim=4))
+    with pytest.raises(SystemExit, match="euclidean"):
+        probe.check_probe_quantizer(VectorQuantizer(8, 16, metric="cosine"))
+    probe.check_probe_quantizer(VectorQuantizer(8, 16))
+
+
+def _restore_quantizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vqkit.quantizers import vector
+
+    for name in ("_assign", "_bookkeep"):  # undone after the test
+        monkeypatch.setattr(vector.VectorQuantizer, name, getattr(vector.VectorQuantizer, name))
+    monkeypatch.setattr(vector, "soft_assignment_entropy", vector.soft_assignment_entropy)
+
+
+@pytest.mark.parametrize("at_eval", [False, True])
+def test_assignment_bias_probe_moves_vectors_to_idle_codes(monkeypatch: pytest.MonkeyPatch, at_eval: bool) -> None:
     import torch
 
     from vqkit import VectorQuantizer
-    from vqkit.quantizers import vector
 
-    probes = _script("balance_probes")
-    for name in ("_assign", "_bookkeep"):  # undone after the test
-        monkeypatch.setattr(vector.VectorQuantizer, name, getattr(vector.VectorQuantizer, name))
-    probes.patch_assignment_bias(eta=0.5, at_eval=False)
+    _restore_quantizer(monkeypatch)
+    _script("balance_probes").patch_assignment_bias(eta=0.5, at_eval=at_eval)
     torch.manual_seed(0)
     q = VectorQuantizer(4, 8, kmeans_init=False, dead_code_steps=0, alternating_steps=0, channel_dim=-1)
     x = torch.randn(64, 4)
-    for _ in range(5):
+    first = q(x).indices
+    codes = q.effective_codes(False).detach()
+    nearest = torch.cdist(x, codes).argmin(1)
+    assert torch.equal(first, nearest)  # no bias yet
+    for _ in range(10):
         q(x)
     b = q.__dict__["_probe_bias"]
-    counts = torch.bincount(q.eval()(x).indices, minlength=8)
     assert b.sum().abs() < 1e-5  # centred
-    assert (b[counts == 0] > 0).all() and b[counts.argmax()] < 0  # idle codes gain, the busiest loses
-    codes = q.effective_codes(False)
-    assert torch.equal(q(x).indices, torch.cdist(x, codes).argmin(1))  # evaluation: the nearest code
+    counts = torch.bincount(nearest, minlength=8)
+    assert b[counts.argmax()] < 0 < b[counts.argmin()]  # the busiest code loses, the least used gains
+    codes = q.effective_codes(False).detach()
+    nearest = torch.cdist(x, codes).argmin(1)
+    trained = q(x).indices
+    assert not torch.equal(trained, nearest)  # training calls leave the nearest code for less used ones
+    assert torch.bincount(trained, minlength=8).max() < torch.bincount(nearest, minlength=8).max()
+    evaluated = q.eval()(x).indices
+    assert torch.equal(evaluated, nearest) != at_eval
 
 
-def test_balance_probe_tables_name_the_probe_and_its_runs_are_not_reused(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_codebook_diversity_probe_moves_only_the_codes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from vqkit import VectorQuantizer
+
+    _restore_quantizer(monkeypatch)
+
+    def grads() -> tuple[float, float]:
+        torch.manual_seed(0)
+        q = VectorQuantizer(4, 8, kmeans_init=False, dead_code_steps=0, alternating_steps=0, channel_dim=-1,
+                            commitment_weight=0.0, codebook_weight=0.0, diversity_weight=1.0)
+        x = torch.randn(64, 4, requires_grad=True)
+        q(x).loss.backward()
+        return 0.0 if x.grad is None else float(x.grad.abs().sum()), float(sum(p.grad.abs().sum() for p in q.parameters() if p.grad is not None))
+
+    to_input, to_codes = grads()
+    assert to_input > 0 and to_codes > 0  # the library's regularizer moves the encoder and the codes
+    _script("balance_probes").patch_codebook_diversity()
+    to_input, to_codes = grads()
+    assert to_input == 0 and to_codes > 0
+
+
+def test_balance_probe_runs_are_tagged_resumable_and_not_reused(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
     from conftest import TINY_OVERRIDES
-    from vqkit.quantizers import vector
+    from vqkit.cli import main as vqkit_main
     from vqkit.training import ablate, resume, trainer
 
-    for name in ("_assign", "_bookkeep"):
-        monkeypatch.setattr(vector.VectorQuantizer, name, getattr(vector.VectorQuantizer, name))
+    _restore_quantizer(monkeypatch)
     for module in (ablate, resume, trainer):
         monkeypatch.setattr(module, "__version__", module.__version__)
     probes = _script("balance_probes")
-    sets = [a for o in ["steps=4", *TINY_OVERRIDES] for a in ("--set", o)]
-    cmd = ["assignment-bias", "--eta", "0.05", "--", "ablate", "--seeds", "0", "--rungs", "defaults",
-           "--threads", "1", *sets, "--out", str(tmp_path)]
-    assert probes.main(cmd) == 0
+    release = ablate.__version__
+
+    def command(steps: int) -> list[str]:
+        sets = [a for o in [f"steps={steps}", *TINY_OVERRIDES] for a in ("--set", o)]
+        return ["ablate", "--seeds", "0", "--rungs", "defaults", "--threads", "1", *sets, "--out", str(tmp_path)]
+
+    def run_version() -> str:
+        return json.loads((tmp_path / "defaults" / "seed0" / "run.json").read_text())["vqkit"]
+
+    assert probes.main(["assignment-bias", "--eta", "0.05", "--", *command(4)]) == 0
     text = (tmp_path / "ablation.md").read_text()
     assert "python scripts/balance_probes.py assignment-bias --eta 0.05 -- ablate" in text
     assert "\nvqkit ablate" not in text
     summary = json.loads((tmp_path / "ablation.json").read_text())
-    assert summary["vqkit"].endswith("+assignment-bias-0.05")
+    assert summary["vqkit"] == release + "+assignment-bias-0.05"
+    assert summary["command"].startswith("python scripts/balance_probes.py")
+    assert run_version() == release + "+assignment-bias-0.05"
+    # a tagged run extends (its checkpoint's tagged release reads as the release it was built on)
+    assert probes.main(["assignment-bias", "--eta", "0.05", "--", *command(8)]) == 0
+    extended = json.loads((tmp_path / "defaults" / "seed0" / "run.json").read_text())
+    assert extended["steps"] == 8 and extended["resumed_from_step"] == 4
+    # the library itself does not reuse the probe's run in the same directory: it trains its own
+    for module in (ablate, resume, trainer):
+        monkeypatch.setattr(module, "__version__", release)
+    monkeypatch.undo()
+    assert vqkit_main(command(8)) == 0
+    assert run_version() == release

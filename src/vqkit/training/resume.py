@@ -88,9 +88,10 @@ LAST_UNRECORDED = "0.2.0"
 
 
 def _release(version: Any) -> tuple[int, ...] | None:
-    """``"0.2.0"`` -> ``(0, 2, 0)``; None for a missing or unreadable release."""
+    """``"0.2.0"`` -> ``(0, 2, 0)`` (a local tag such as ``"0.4.0+probe"`` is dropped); None for a missing or
+    unreadable release."""
     try:
-        return tuple(int(part) for part in str(version).split(".")[:3]) if version is not None else None
+        return tuple(int(part) for part in str(version).split("+", 1)[0].split(".")[:3]) if version is not None else None
     except ValueError:
         return None
 
