@@ -21,9 +21,7 @@ from pathlib import Path
 
 import torch
 
-from vqkit.training import build_from_recipe, latest_checkpoint, load_datasets, load_model_weights
-from vqkit.training.recipe import load_recipe
-from vqkit.training.rundir import RunDir
+from vqkit.training import load_trained_run
 
 
 def mass_stats(counts: torch.Tensor, top: int = 5) -> dict[str, float | list[float]]:
@@ -44,13 +42,9 @@ def mass_stats(counts: torch.Tensor, top: int = 5) -> dict[str, float | list[flo
 
 def test_counts(run: Path, batch: int = 1000, split: str = "test") -> torch.Tensor:
     """Code histogram ``(K,)`` of the final model of ``run`` on its full test (or training) split."""
-    recipe = load_recipe(str(RunDir(run).recipe))
-    train, test = load_datasets(recipe)
+    _, model, train, test = load_trained_run(run)
     if split == "train":
         test = train
-    model = build_from_recipe(recipe, test)
-    load_model_weights(latest_checkpoint(run), model)
-    model.eval()
     q = model.quantizer
     counts = torch.zeros(q.codebook_size, dtype=torch.float64)
 

@@ -27,9 +27,8 @@ from pathlib import Path
 
 import torch
 
-from vqkit.training import build_from_recipe, latest_checkpoint, load_datasets, load_model_weights
-from vqkit.training.recipe import load_recipe
-from vqkit.training.rundir import RunDir, ablation_run_dirs
+from vqkit.training import load_trained_run
+from vqkit.training.rundir import ablation_run_dirs
 
 
 def _alpha(quantizer: torch.nn.Module) -> torch.Tensor | None:
@@ -45,11 +44,7 @@ def _alpha(quantizer: torch.nn.Module) -> torch.Tensor | None:
 
 @torch.no_grad()
 def measure(run: Path, images: int) -> dict[str, float]:
-    recipe = load_recipe(str(RunDir(run).recipe))
-    _, test = load_datasets(recipe)
-    model = build_from_recipe(recipe, test)
-    load_model_weights(latest_checkpoint(run), model)
-    model.eval()
+    _, model, _, test = load_trained_run(run)
     seen: list[torch.Tensor] = []
     q = model.quantizer
     hook = q.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))

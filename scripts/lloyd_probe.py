@@ -20,18 +20,16 @@ minutes per run. Needs a single-codebook quantizer with the euclidean metric who
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 import torch
 
-from vqkit.maintenance import kmeans
+from vqkit.maintenance import kmeans, lloyd_steps
+from vqkit.metrics import perplexity
 from vqkit.quantizers.base import move_channel_last
 from vqkit.search import nearest_code
-from vqkit.training import build_from_recipe, latest_checkpoint, load_datasets, load_model_weights
-from vqkit.training.recipe import load_recipe
-from vqkit.training.rundir import RunDir
+from vqkit.training import load_trained_run
 
 
 def channel_last_rows(t: torch.Tensor, dim: int, channel_dim: int) -> torch.Tensor:
@@ -53,11 +51,7 @@ def check_probe_quantizer(q: torch.nn.Module) -> None:
 def latents(run: Path, batch: int = 1000) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, ...]]]:
     """The codebook ``(K, D)`` and, per split, ``(z, quantized, indices)``: the quantizer's inputs, the model's
     quantized outputs ``(N, D)`` and its indices ``(N,)``."""
-    recipe = load_recipe(str(RunDir(run).recipe))
-    train, test = load_datasets(recipe)
-    model = build_from_recipe(recipe, test)
-    load_model_weights(latest_checkpoint(run), model)
-    model.eval()
+    _, model, train, test = load_trained_run(run)
     q = model.quantizer
     check_probe_quantizer(q)
     out: dict[str, tuple[torch.Tensor, ...]] = {}
@@ -79,25 +73,13 @@ def latents(run: Path, batch: int = 1000) -> tuple[torch.Tensor, dict[str, tuple
     return q.codebook.float(), out
 
 
-def perplexity(indices: torch.Tensor, k: int) -> float:
-    p = torch.bincount(indices, minlength=k).double()
-    p = p[p > 0] / p.sum()
-    return math.exp(float(-(p * p.log()).sum()))
-
-
-def lloyd(x: torch.Tensor, centers: torch.Tensor, iters: int) -> torch.Tensor:
-    """``iters`` Lloyd steps from ``centers``; an empty cell keeps its center."""
-    for _ in range(iters):
-        idx = nearest_code(x, centers).indices
-        counts = torch.bincount(idx, minlength=centers.shape[0]).to(x.dtype)
-        sums = torch.zeros_like(centers).index_add_(0, idx, x)
-        centers = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centers)
-    return centers
+def index_perplexity(indices: torch.Tensor, k: int) -> float:
+    return float(perplexity(torch.bincount(indices, minlength=k).double()))
 
 
 def evaluate(z: torch.Tensor, codes: torch.Tensor) -> tuple[float, float]:
     found = nearest_code(z, codes)
-    return perplexity(found.indices, codes.shape[0]), float(found.distances.mean())
+    return index_perplexity(found.indices, codes.shape[0]), float(found.distances.mean())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         (z_tr, _, _), (z_te, q_te, i_te) = lat["train"], lat["test"]
         gen = torch.Generator().manual_seed(args.seed)
         z_fit = z_tr[torch.randperm(len(z_tr), generator=gen)[: args.rows]]
-        model_ppl = perplexity(i_te, k)
+        model_ppl = index_perplexity(i_te, k)
         model_err = float((z_te - q_te).square().sum(1).mean())
-        refined = lloyd(z_fit, codes, args.iters)
+        refined = lloyd_steps(z_fit, codes, args.iters)
         fresh = kmeans(z_fit, k, gen, args.iters)
         var = float(z_te.var(0).sum())
         row = [f"{model_ppl:.1f} / {model_err:.4f}"]

@@ -93,14 +93,15 @@ def _script(name: str):
 def test_lloyd_steps_reach_the_cluster_means() -> None:
     import torch
 
-    module = _script("lloyd_probe")
+    from vqkit.maintenance import lloyd_steps
+
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(200, 3, generator=gen) * 0.1
     b = torch.randn(300, 3, generator=gen) * 0.1 + 5.0
     x = torch.cat([a, b])
     # both centers start inside cluster a; a third never gets a point and must stay where it is
     start = torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.3, 0.3], [100.0, 100.0, 100.0]])
-    out = module.lloyd(x, start, iters=10)
+    out = lloyd_steps(x, start, iters=10)
     means = torch.stack([a.mean(0), b.mean(0)])
     got = out[:2][out[:2, 0].argsort()]
     assert torch.allclose(got, means, atol=1e-5)
@@ -122,6 +123,7 @@ def test_lloyd_probe_reads_the_model_codebook_as_the_model_quantizes(tmp_path: P
     Lloyd steps from that codebook do not raise the training-split error they minimize."""
     import torch
 
+    from vqkit.maintenance import lloyd_steps
     from vqkit.training import train
 
     probe, mass = _script("lloyd_probe"), _script("code_mass")
@@ -133,7 +135,7 @@ def test_lloyd_probe_reads_the_model_codebook_as_the_model_quantizes(tmp_path: P
     codes, lat = probe.latents(tmp_path / "run")
     z_train = lat["train"][0]
     err = float(torch.cdist(z_train, codes).square().min(1).values.mean())
-    refined = probe.lloyd(z_train, codes, 3)
+    refined = lloyd_steps(z_train, codes, 3)
     assert float(torch.cdist(z_train, refined).square().min(1).values.mean()) <= err * (1 + 1e-5)
 
 

@@ -463,3 +463,17 @@ def test_report_explains_the_loss_terms_and_the_usage_curve():
     assert "(here 90% at step 37)" in ramped  # read after the dip
     (flat,) = usage_curve_notes([{"step": i, "usage": 0.9} for i in range(1, 10)], dead_code_steps=5)
     assert "drops" not in flat
+
+
+def test_load_trained_run_returns_the_final_model_or_names_a_missing_checkpoint(tmp_path, tiny_recipe) -> None:
+    from vqkit.training import load_trained_run, to_toml, train
+
+    recipe = tiny_recipe(6)
+    train(recipe, tmp_path / "run")
+    loaded_recipe, model, train_ds, test_ds = load_trained_run(tmp_path / "run")
+    assert to_toml(loaded_recipe) == (tmp_path / "run" / "recipe.toml").read_text()
+    assert not model.training and len(train_ds) > len(test_ds)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "recipe.toml").write_text(to_toml(recipe))
+    with pytest.raises(FileNotFoundError, match="run_dir: .*empty holds no checkpoint"):
+        load_trained_run(tmp_path / "empty")

@@ -96,7 +96,13 @@ def kmeans(
         noise = torch.randn(k, x.shape[1], generator=generator, device=x.device) * 0.01 * scale
         centers = x[pick] + noise
         return F.normalize(centers, dim=-1) if metric == "cosine" else centers
-    centers = kmeans_plusplus(x, k, generator, metric)
+    return lloyd_steps(x, kmeans_plusplus(x, k, generator, metric), iters, metric)
+
+
+def lloyd_steps(x: Tensor, centers: Tensor, iters: int, metric: str = "euclidean") -> Tensor:
+    """``iters`` Lloyd steps on ``x (N, D)`` from ``centers (k, D)`` (same dtype): each center moves to the mean
+    of its points (normalized for ``metric="cosine"``); a center without points stays where it is."""
+    k = centers.shape[0]
     for _ in range(iters):
         idx = nearest_code(x, centers, metric).indices
         counts = torch.zeros(k, device=x.device).index_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))

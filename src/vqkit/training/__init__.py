@@ -12,7 +12,7 @@ models), ``optim``, ``sampling``, ``objective``, ``parallel``, ``logging``, ``ch
 
 from .ablate import run_ablation
 from .rungs import LADDER, RUNGS, TABLES, Rung
-from .build import build_from_recipe, load_datasets
+from .build import build_from_recipe, load_datasets, load_trained_run
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -62,6 +62,7 @@ __all__ = [
     "TrainingInterrupted",
     "resume_recipe",
     "build_from_recipe",
+    "load_trained_run",
     "load_datasets",
     "evaluate",
     "evaluate_levels",

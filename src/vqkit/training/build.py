@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import torch
 
+from pathlib import Path
+
 from ..data import ImageDataset, load_dataset
 from ..models import build_model
 from ..models.base import QuantizedModel
-from .recipe import Recipe, RecipeError
+from .checkpoint import latest_checkpoint, load_model_weights
+from .recipe import Recipe, RecipeError, load_recipe
+from .rundir import RunDir
 
-__all__ = ["load_datasets", "build_from_recipe"]
+__all__ = ["load_datasets", "build_from_recipe", "load_trained_run"]
 
 
 def load_datasets(recipe: Recipe) -> tuple[ImageDataset, ImageDataset]:
@@ -44,3 +48,21 @@ def build_from_recipe(recipe: Recipe, dataset: ImageDataset) -> QuantizedModel:
         raise
     except (TypeError, ValueError) as e:
         raise _argument_error(recipe, e) from None
+
+
+def load_trained_run(run_dir: str | Path) -> tuple[Recipe, QuantizedModel, ImageDataset, ImageDataset]:
+    """The latest checkpoint of a ``vqkit train`` run directory: its recipe, its model (in eval mode) and its
+    (train, test) splits.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` holds no checkpoint.
+    """
+    run = RunDir(run_dir)
+    recipe = load_recipe(str(run.recipe))
+    train_ds, test_ds = load_datasets(recipe)
+    model = build_from_recipe(recipe, test_ds)
+    checkpoint = latest_checkpoint(run.root)
+    if checkpoint is None:
+        raise FileNotFoundError(f"run_dir: {run.root} holds no checkpoint")
+    load_model_weights(checkpoint, model)
+    return recipe, model.eval(), train_ds, test_ds
