@@ -11,6 +11,7 @@ import torch
 import torch._dynamo
 
 from vqkit import VectorQuantizer
+from vqkit.quantizers.vector import SETTLE_CALLS
 from vqkit.search import nearest_code
 
 
@@ -96,6 +97,7 @@ def test_fullgraph_training_steps_match_eager(config):
     torch.manual_seed(0)
     vq = VectorQuantizer(8, 32, **TRAINING_CONFIGS[config]).train()
     vq(torch.randn(64, 8))
+    vq.training_calls.fill_(SETTLE_CALLS + 1)  # past the settling calls of "auto", which are eager only
     twin = copy.deepcopy(vq)
     compiled = torch.compile(twin, fullgraph=True, backend="aot_eager")
     for step in range(4):
@@ -115,6 +117,22 @@ def test_fullgraph_training_steps_match_eager(config):
             torch.testing.assert_close(t, u, msg=name)
         vq.zero_grad()
         twin.zero_grad()
+
+
+def test_compiled_training_leaves_the_settling_calls_out():
+    """The settling of dead_code_steps="auto" (training calls 2-11) runs in eager calls only: a compiled
+    forward on the second call quantizes with the k-means codes as they are (no graph break, no re-seed)."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 32).train()
+    vq(torch.randn(64, 8))
+    twin = copy.deepcopy(vq)
+    compiled = torch.compile(twin, fullgraph=True, backend="aot_eager")
+    x = torch.randn(64, 8) + 5.0  # the encoder's output moved off the codes
+    torch.manual_seed(1)
+    settled = vq(x)
+    torch.manual_seed(1)
+    plain = compiled(x)
+    assert float(settled.stats["usage"]) > 0.9 > 0.5 > float(plain.stats["usage"])
 
 
 def test_inductor_fullgraph_training_step_runs():
@@ -141,6 +159,7 @@ def test_compiled_eval_forward_matches_eager():
 
 def test_compiled_training_step_matches_eager():
     vq = _trained_quantizer()
+    vq.training_calls.fill_(SETTLE_CALLS + 1)  # past the settling calls of "auto", which are eager only
     twin = copy.deepcopy(vq)
     compiled = torch.compile(twin, backend="aot_eager")
     for step in range(2):
