@@ -11,7 +11,6 @@ import torch
 import torch._dynamo
 
 from vqkit import VectorQuantizer
-from vqkit.quantizers.vector import SETTLE_CALLS
 from vqkit.search import nearest_code
 
 
@@ -97,7 +96,6 @@ def test_fullgraph_training_steps_match_eager(config):
     torch.manual_seed(0)
     vq = VectorQuantizer(8, 32, **TRAINING_CONFIGS[config]).train()
     vq(torch.randn(64, 8))
-    vq.training_calls.fill_(SETTLE_CALLS + 1)  # past the settling calls of "auto", which are eager only
     twin = copy.deepcopy(vq)
     compiled = torch.compile(twin, fullgraph=True, backend="aot_eager")
     for step in range(4):
@@ -120,10 +118,10 @@ def test_fullgraph_training_steps_match_eager(config):
 
 
 def test_compiled_training_leaves_the_settling_calls_out():
-    """The settling of dead_code_steps="auto" (training calls 2-11) runs in eager calls only: a compiled
-    forward on the second call quantizes with the k-means codes as they are (no graph break, no re-seed)."""
+    """settle_calls runs in eager calls only: a compiled forward on the second call quantizes with the k-means
+    codes as they are (no graph break, no re-seed)."""
     torch.manual_seed(0)
-    vq = VectorQuantizer(8, 32).train()
+    vq = VectorQuantizer(8, 32, settle_calls=10).train()
     vq(torch.randn(64, 8))
     twin = copy.deepcopy(vq)
     compiled = torch.compile(twin, fullgraph=True, backend="aot_eager")
@@ -159,7 +157,6 @@ def test_compiled_eval_forward_matches_eager():
 
 def test_compiled_training_step_matches_eager():
     vq = _trained_quantizer()
-    vq.training_calls.fill_(SETTLE_CALLS + 1)  # past the settling calls of "auto", which are eager only
     twin = copy.deepcopy(vq)
     compiled = torch.compile(twin, backend="aot_eager")
     for step in range(2):

@@ -8,7 +8,7 @@ from vqkit import PLAIN_STE, VectorQuantizer
 from vqkit.codebooks import EMA, Affine, EMACodebook
 from vqkit.codebooks import assignment_sums
 from vqkit.losses import masked_mse
-from vqkit.quantizers.vector import DEAD_CODE_RAMP, RAMP_DONE, SETTLE_CALLS
+from vqkit.quantizers.vector import DEAD_CODE_RAMP, RAMP_DONE
 
 
 def make(dim=8, k=16, **kw):
@@ -455,7 +455,6 @@ def test_auto_equals_every_call_replacement_while_batches_are_large():
     for steps in ("auto", 1):
         torch.manual_seed(0)
         vq = VectorQuantizer(4, 16, dead_code_steps=steps)
-        vq.training_calls.fill_(SETTLE_CALLS + 1)  # past the settling calls, which only "auto" has
         opt = torch.optim.Adam(vq.parameters(), 1e-2)
         gen = torch.Generator().manual_seed(1)
         run = []
@@ -507,6 +506,9 @@ def test_the_ramp_replaces_stranded_codes_early():
     assert (z - vq.codebook[5]).norm(dim=1).min() < 0.1
 
 
+SETTLE = 10  # settle_calls of the measurements: training calls 2-11
+
+
 def _moved_call(vq: VectorQuantizer, calls_before: int | None = None, mask: torch.Tensor | None = None):
     """A call on vectors that moved off the k-means codes of the first call (the encoder after its first
     optimizer steps), optionally with ``training_calls`` set first."""
@@ -523,43 +525,42 @@ def _initialized(**kwargs) -> VectorQuantizer:
     return vq
 
 
-@pytest.mark.parametrize("steps", [1, 2, 0])
-def test_settling_reseeds_the_codes_a_moved_batch_leaves_unused(steps):
-    """On training calls 2-11 "auto" re-seeds, before the assignment, every code the call's vectors would
-    not choose (3 rounds): the call uses (nearly) every code and quantizes with a far smaller error than with a
-    fixed window, which only re-seeds the codes unused in the previous call."""
-    settled = _moved_call(_initialized())
-    fixed = _moved_call(_initialized(dead_code_steps=steps))
+@pytest.mark.parametrize("other", [{}, dict(dead_code_steps=1), dict(dead_code_steps=2), dict(dead_code_steps=0)])
+def test_settling_reseeds_the_codes_a_moved_batch_leaves_unused(other):
+    """With settle_calls, training calls 2 .. 1 + settle_calls re-seed before the assignment every code the
+    call's vectors would not choose (3 rounds): the call uses (nearly) every code and quantizes with a far
+    smaller error than without it (the default), where replacement only re-seeds codes unused in the previous
+    call."""
+    settled = _moved_call(_initialized(settle_calls=SETTLE, **other))
+    plain = _moved_call(_initialized(**other))
     assert float(settled.stats["usage"]) > 0.95
-    assert float(fixed.stats["usage"]) < 0.5
-    assert float(settled.stats["vq_mse"]) < 0.25 * float(fixed.stats["vq_mse"])
+    assert float(plain.stats["usage"]) < 0.5
+    assert float(settled.stats["vq_mse"]) < 0.25 * float(plain.stats["vq_mse"])
 
 
-@pytest.mark.parametrize("calls_before,settles", [(1, True), (SETTLE_CALLS, True), (SETTLE_CALLS + 1, False),
-                                                  (RAMP_DONE, False)])
-def test_settling_runs_on_training_calls_two_to_eleven(calls_before, settles):
-    vq = _initialized()
-    out = _moved_call(vq, calls_before)
+@pytest.mark.parametrize("calls_before,settles", [(1, True), (SETTLE, True), (SETTLE + 1, False), (RAMP_DONE, False)])
+def test_settling_runs_on_training_calls_two_to_one_plus_settle_calls(calls_before, settles):
+    out = _moved_call(_initialized(settle_calls=SETTLE), calls_before)
     assert (float(out.stats["usage"]) > 0.95) == settles
 
 
 def test_settling_resumes_with_a_checkpoint_of_its_calls():
     """Loading a checkpoint written during the settling calls continues them, even in a module that was past
-    them; a checkpoint from before the buffer existed (vqkit < 0.4.0) is past them."""
-    early = _initialized().state_dict()
-    late = _initialized()
-    _moved_call(late, SETTLE_CALLS + 1)
+    them; a checkpoint from before the call counter existed (vqkit < 0.4.0) is past them."""
+    early = _initialized(settle_calls=SETTLE).state_dict()
+    late = _initialized(settle_calls=SETTLE)
+    _moved_call(late, SETTLE + 1)
     late.load_state_dict(early)
     assert float(_moved_call(late).stats["usage"]) > 0.95
     old = {k: v for k, v in early.items() if k not in ("dead_code_window", "training_calls")}
-    before = VectorQuantizer(4, 64)
+    before = VectorQuantizer(4, 64, settle_calls=SETTLE)
     before.load_state_dict(old)
     assert float(_moved_call(before).stats["usage"]) < 0.5
 
 
 def test_settling_ignores_masked_rows():
     """Padding rows neither keep a code alive nor seed one."""
-    vq = _initialized()
+    vq = _initialized(settle_calls=SETTLE)
     mask = torch.arange(512) % 4 != 0
     torch.manual_seed(2)
     x = torch.randn(512, 4) * 1.5 + 3.0
@@ -567,6 +568,12 @@ def test_settling_ignores_masked_rows():
     out = vq(x, mask=mask)
     assert float(out.stats["usage"]) > 0.95
     assert vq.codebook.abs().max() < 50
+
+
+@pytest.mark.parametrize("bad,err", [(-1, ValueError), (1.5, TypeError), (True, TypeError), ("10", TypeError)])
+def test_settle_calls_rejects_bad_values(bad, err):
+    with pytest.raises(err, match="settle_calls"):
+        VectorQuantizer(4, 8, settle_calls=bad)
 
 
 def test_auto_window_survives_a_checkpoint_and_old_checkpoints_load():

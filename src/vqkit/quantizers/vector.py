@@ -19,7 +19,8 @@ under activation checkpointing (``torch.utils.checkpoint``: maintenance runs onc
 recomputation replays the original call's assignment and codebook state and continues the RNG as after
 it, so random ops after the quantizer in the same region see the same numbers). In the steady state
 (after the k-means initializing step) the training forward is shape-static graph code when compiled
-(``fullgraph=True``); the settling of ``dead_code_steps="auto"`` on training calls 2-11 is eager only. Not supported: a *compiled* region that also checkpoints a training-mode quantizer
+(``fullgraph=True``); the optional settling of the first calls (``settle_calls``) is eager only. Not
+supported: a *compiled* region that also checkpoints a training-mode quantizer
 (the compiled recomputation cannot be told apart from a new call, so maintenance would run again):
 checkpoint outside the compiled quantizer, or compile with maintenance off (eval, ``freeze_codebook``).
 """
@@ -136,14 +137,6 @@ DEAD_CODE_COVERAGE = 8
 #: (the spread of the Fashion-MNIST VQ-VAE's latents grows 9-20-fold over its first 30 steps) are re-seeded within a
 #: few calls instead of a full window.
 DEAD_CODE_RAMP = 10
-
-#: ``dead_code_steps="auto"`` settles the codebook on the latents of training calls 2 .. ``1 + SETTLE_CALLS`` (vqkit
-#: 0.5.0): before the assignment, codes none of the call's vectors would choose are re-seeded from them, up to
-#: :data:`SETTLE_ROUNDS` times (a code that loses all its vectors to a re-seeded one is dead in the next round).
-#: Right after the k-means init the encoder's output moves off the codes faster than any window can follow (the
-#: first Adam steps shift every weight by the learning rate): without it the second call of a Fashion-MNIST
-#: AlexNet-style classifier (K = 512) used 39-43% of the codes, with it 100%.
-SETTLE_CALLS = 10
 
 #: rounds of the search / re-seed of one settling call (each one search of the call's vectors).
 SETTLE_ROUNDS = 3
@@ -287,17 +280,22 @@ class VectorQuantizer(Quantizer):
             with K beyond, so a large codebook is not churned before its codes can be chosen. It ramps in:
             after the ``t``-th training call it is at most ``1 + t // 10`` (:data:`DEAD_CODE_RAMP`), so codes
             stranded while the encoder's output still moves fast, right after the init, are re-seeded within a
-            few calls; and on training calls 2 to 11 (:data:`SETTLE_CALLS`) the codes that none of the call's
-            own vectors would choose are re-seeded from them before its assignment (up to 3 rounds), so the
-            codebook follows the first optimizer steps instead of losing most of its codes for a call (in
-            eager calls: a compiled training forward leaves the settling out, as it leaves the k-means init to
-            an eager call, so a run compiled from its second call trains without it). Chosen
-            by measurement (Fashion-MNIST VQ-VAE, K = 2^9 ... 2^16, against fixed windows; ``ceil(2 K / n)``
-            before vqkit 0.3.0, no ramp before 0.4.0, no settling calls before 0.5.0); the window in use is the
-            buffer ``dead_code_window``, the calls so far ``training_calls``.
+            few calls. Chosen by measurement (Fashion-MNIST VQ-VAE, K = 2^9 ... 2^16, against fixed windows;
+            ``ceil(2 K / n)`` before vqkit 0.3.0, no ramp before 0.4.0); the window in use is the buffer
+            ``dead_code_window``, the calls so far ``training_calls``.
         dead_code_threshold: also re-seed codes whose running assignment count (an EMA over calls with
             decay 0.8, of the all-reduced per-call counts) drops below this many vectors (0 = off): rarely
             used codes are recycled too, which flattens usage (higher perplexity) at large K.
+        settle_calls: on training calls 2 to ``1 + settle_calls`` (0 = off, the default), *settle* the codebook
+            before the assignment: every code that none of the call's vectors (all ranks) would choose is
+            re-seeded from them, up to 3 rounds (a code that loses all its vectors to a re-seeded one is re-seeded
+            in the next). Right after the k-means init the first optimizer steps move the encoder's output off
+            most codes at once, which no replacement window (acting one call late) can follow: with
+            ``settle_calls=10`` the lowest training-batch usage of a Fashion-MNIST AlexNet-style classifier
+            (K = 512) rose from 42% to 66% and that of a VQ-VAE at lr 1e-3 from 31% to 79%, but the classifier's
+            test accuracy after 600 steps fell by about 0.9 points (3 seeds, K = 512 and 1024), so it is off by
+            default. Costs up to 3 extra searches on each of those calls; eager calls only (a compiled training
+            forward leaves it out, as it leaves the k-means init to an eager call).
         replacement_sampling: which rows of the batch re-seed dead codes: ``"uniform"`` (the default: every
             valid row equally likely, so a region is drawn in proportion to its mass), ``"crowded"`` (a row in
             proportion to how many rows of the batch share its nearest code: re-seeded codes split the most
@@ -358,6 +356,7 @@ class VectorQuantizer(Quantizer):
         kmeans_iters: int | None = None,
         dead_code_steps: int | str = "auto",
         dead_code_threshold: float = 0.0,
+        settle_calls: int = 0,
         replacement_sampling: str = "uniform",
         estimator: str = "ste",
         sampling_temperature: float = 0.0,
@@ -441,6 +440,7 @@ class VectorQuantizer(Quantizer):
         self.kmeans_init = kmeans_init
         self.kmeans_iters = kmeans_iters
         self.dead_code_steps = dead_code_steps
+        self.settle_calls = check_int("settle_calls", settle_calls, 0)
         self.estimator = estimator
         self.check_finite = check_finite
         self.memory_budget = memory_budget
@@ -462,8 +462,8 @@ class VectorQuantizer(Quantizer):
         if self.dead_code_threshold > 0:  # inf = not yet observed (the first call's counts are copied)
             self.register_buffer("usage_ema", torch.full((codebook_size,), float("inf")))
         self._needs_init = self.kmeans_init
-        # a fast path for the compiler: False once the settling calls are over (the buffer decides before then)
-        self._settling = dead_code_steps == "auto"
+        # a fast path: False once the settling calls are over (the buffer decides before then)
+        self._settling = self.settle_calls > 0
         self._records: collections.deque[_Record] = collections.deque(maxlen=_RECORDS)
         self.register_load_state_dict_post_hook(_after_load)
 
@@ -485,6 +485,7 @@ class VectorQuantizer(Quantizer):
                 f"alternating_steps={self.alternating_steps}, kmeans_init={self.kmeans_init}, "
                 f"dead_code_steps={self.dead_code_steps}, "
                 + (f"dead_code_threshold={self.dead_code_threshold}, " if self.dead_code_threshold else "")
+                + (f"settle_calls={self.settle_calls}, " if self.settle_calls else "")
                 + (f"replacement_sampling={self.replacement_sampling!r}, "
                    if self.replacement_sampling != "uniform" else "")
                 + f"estimator={self.estimator!r}")
@@ -688,7 +689,7 @@ class VectorQuantizer(Quantizer):
         self.codes.update_statistics_(z, weight)
         if self._replaces_by_age or self.dead_code_threshold > 0:
             self._replace_dead_codes(z, weight, compiling)
-        if self._settling and not compiling:  # the first calls of "auto", eager only (see dead_code_steps)
+        if self._settling and not compiling:  # eager only (see settle_calls)
             self._settle(z, weight)
 
     @property
@@ -738,10 +739,10 @@ class VectorQuantizer(Quantizer):
             self.usage_ema.copy_(torch.where(take, self.dead_code_threshold, self.usage_ema))
 
     def _settle(self, z: Tensor, weight: Tensor | None) -> None:
-        """Training calls 2 .. ``1 + SETTLE_CALLS`` of ``dead_code_steps="auto"``: re-seed, before the assignment,
-        the codes none of this call's vectors (all ranks) would choose, up to ``SETTLE_ROUNDS`` times."""
+        """Training calls 2 .. ``1 + settle_calls``: re-seed, before the assignment, the codes none of this call's
+        vectors (all ranks) would choose, up to ``SETTLE_ROUNDS`` times."""
         calls = int(self.training_calls)  # calls before this one; one host sync, on the settling calls only
-        if calls > SETTLE_CALLS:
+        if calls > self.settle_calls:
             self._settling = False
             return
         if calls == 0:  # the first call: the k-means init (or the initial codes) has just been placed
@@ -832,7 +833,7 @@ class VectorQuantizer(Quantizer):
 
 def _after_load(module: VectorQuantizer, incompatible_keys) -> None:
     module._needs_init = not bool(module.initialized)
-    module._settling = module.dead_code_steps == "auto" and int(module.training_calls) <= SETTLE_CALLS
+    module._settling = module.settle_calls > 0 and int(module.training_calls) <= module.settle_calls
     module._records.clear()  # recomputations of calls before the load cannot be replayed
 
 

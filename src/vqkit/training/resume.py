@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..quantizers.vector import DEFAULT_CHANGES, SETTLE_CALLS, DefaultChange, VectorQuantizer
+from ..quantizers.vector import DEFAULT_CHANGES, DefaultChange, VectorQuantizer
 from .checkpoint import Checkpoint, CheckpointError, find_checkpoint, peek_state
 from .console import note
 from .logging import MetricsFileError, scan_metrics
@@ -126,30 +126,8 @@ def _written_by(run: RunDir, ckpt: Checkpoint) -> str | None:
     return None
 
 
-#: the release whose ``dead_code_steps="auto"`` settles the codebook on training calls 2-11
-SETTLING_SINCE = "0.5.0"
-
-
-def _check_settling(ckpt: Checkpoint, model: nn.Module, written_by: str | None) -> None:
-    """Refuse a checkpoint that an older release wrote during the settling calls of an "auto" quantizer: the
-    run never settled, and resumed it would settle the calls left (nothing can pin that off)."""
-    release = _release(written_by)
-    if release is not None and release >= _release(SETTLING_SINCE):
-        return
-    for name, module in model.named_modules():
-        calls = ckpt.model_tensors.get(f"{name}.training_calls".lstrip("."))
-        if isinstance(module, VectorQuantizer) and module.dead_code_steps == "auto" and calls is not None \
-                and 1 <= int(calls) <= SETTLE_CALLS:
-            raise RecipeError(
-                f"--resume: checkpoint {ckpt.path.name} was written by vqkit {written_by or '(unrecorded)'} after "
-                f"{int(calls)} training call(s) of {name or 'the model'}; since vqkit {SETTLING_SINCE} "
-                f'dead_code_steps="auto" settles the codebook on training calls 2-{SETTLE_CALLS + 1}, so this run '
-                f"would change its rule midway: restart it (another --out, or delete its checkpoints)")
-
-
 def _check_defaults(run: RunDir, ckpt: Checkpoint, model: nn.Module) -> None:
     written_by = _written_by(run, ckpt)
-    _check_settling(ckpt, model, written_by)
     stale = stale_defaults(model, written_by)
     if not stale:
         return
