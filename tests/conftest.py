@@ -27,3 +27,19 @@ def tiny_recipe():
         return apply_overrides(load_recipe(), [f"steps={steps}", *TINY_OVERRIDES, *extra])
 
     return make
+
+
+@pytest.fixture
+def load_script():
+    """``load_script("name")`` imports ``scripts/name.py`` (not a package) as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -3,31 +3,20 @@ counts code masses right."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "codebook_alignment.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("codebook_alignment", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_lock_files_are_not_runs(tmp_path: Path) -> None:
+def test_lock_files_are_not_runs(load_script, tmp_path: Path) -> None:
     # vqkit ablate leaves seedN.lock beside the seedN directories; a rung holding only locks has no run
     (tmp_path / "rung").mkdir()
     (tmp_path / "rung" / "seed0.lock").write_text("")
     with pytest.raises(SystemExit, match="no run directories seedN under .*rung"):
-        _load().main([str(tmp_path), "rung", "--out", str(tmp_path / "a.md")])
+        load_script("codebook_alignment").main([str(tmp_path), "rung", "--out", str(tmp_path / "a.md")])
 
 
-def test_runs_in_seed_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    module = _load()
+def test_runs_in_seed_order(load_script, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = load_script("codebook_alignment")
     for name in ("seed10", "seed2", "seed0"):
         (tmp_path / "rung" / name).mkdir(parents=True)
     (tmp_path / "rung" / "seed2.lock").write_text("")
@@ -43,10 +32,8 @@ def test_runs_in_seed_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert "| rung | 1" in (tmp_path / "a.md").read_text()
 
 
-def test_code_mass_statistics_equal_a_hand_count() -> None:
-    spec = importlib.util.spec_from_file_location("code_mass", SCRIPT.parent / "code_mass.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_code_mass_statistics_equal_a_hand_count(load_script) -> None:
+    module = load_script("code_mass")
     import math
 
     import torch
@@ -59,16 +46,14 @@ def test_code_mass_statistics_equal_a_hand_count() -> None:
     assert s["top10_share"] == pytest.approx(0.5) and s["largest_x_mean"] == [5.0, 1.2]
 
 
-def test_early_steps_replays_the_trainer_exactly(tmp_path: Path, tiny_recipe) -> None:
+def test_early_steps_replays_the_trainer_exactly(load_script, tmp_path: Path, tiny_recipe) -> None:
     """scripts/early_steps.py reports the same training-batch usage, step for step, as the trainer logs for the
     same recipe, and the window of the "auto" ramp."""
     import json
 
     from vqkit.training import to_toml, train
 
-    spec = importlib.util.spec_from_file_location("early_steps", SCRIPT.parent / "early_steps.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("early_steps")
     recipe = tiny_recipe(12, 'quantizer.dead_code_steps="auto"', "quantizer.codebook_size=256", "log.every=1")
     (tmp_path / "r.toml").write_text(to_toml(recipe))
     train(recipe, tmp_path / "run")
@@ -81,13 +66,6 @@ def test_early_steps_replays_the_trainer_exactly(tmp_path: Path, tiny_recipe) ->
     text = module.to_markdown(rows, "cmd")
     assert text.count("\n| ") == 13 and "| 12 |" in text
 
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_lloyd_steps_reach_the_cluster_means() -> None:
@@ -108,17 +86,17 @@ def test_lloyd_steps_reach_the_cluster_means() -> None:
     assert torch.equal(out[2], start[2])
 
 
-def test_lloyd_probe_rows_follow_the_channel_axis() -> None:
+def test_lloyd_probe_rows_follow_the_channel_axis(load_script) -> None:
     import torch
 
-    module = _script("lloyd_probe")
+    module = load_script("lloyd_probe")
     t = torch.arange(2 * 7 * 7 * 7, dtype=torch.float32).reshape(2, 7, 7, 7)  # (B, C = dim, H, W = dim)
     rows = module.channel_last_rows(t, 7, channel_dim=1)
     assert torch.equal(rows[8], t[0, :, 1, 1])  # row (b=0, h=1, w=1) holds the 7 channels there
     assert torch.equal(module.channel_last_rows(t, 7, channel_dim=-1)[8], t[0, 1, 1, :])
 
 
-def test_lloyd_probe_reads_the_model_codebook_as_the_model_quantizes(tmp_path: Path, tiny_recipe) -> None:
+def test_lloyd_probe_reads_the_model_codebook_as_the_model_quantizes(load_script, tmp_path: Path, tiny_recipe) -> None:
     """The probe's perplexity of the trained codebook equals code_mass's count on the same test split, and
     Lloyd steps from that codebook do not raise the training-split error they minimize."""
     import torch
@@ -126,7 +104,7 @@ def test_lloyd_probe_reads_the_model_codebook_as_the_model_quantizes(tmp_path: P
     from vqkit.maintenance import lloyd_steps
     from vqkit.training import train
 
-    probe, mass = _script("lloyd_probe"), _script("code_mass")
+    probe, mass = load_script("lloyd_probe"), load_script("code_mass")
     train(tiny_recipe(10, "quantizer.codebook_size=64"), tmp_path / "run")
     assert probe.main([str(tmp_path / "run"), "--iters", "3", "--rows", "4000", "--out", str(tmp_path / "p.md")]) == 0
     row = [line for line in (tmp_path / "p.md").read_text().splitlines() if line.startswith(f"| {tmp_path}")]
@@ -139,10 +117,10 @@ def test_lloyd_probe_reads_the_model_codebook_as_the_model_quantizes(tmp_path: P
     assert float(torch.cdist(z_train, refined).square().min(1).values.mean()) <= err * (1 + 1e-5)
 
 
-def test_lloyd_probe_refuses_projected_codes() -> None:
+def test_lloyd_probe_refuses_projected_codes(load_script) -> None:
     from vqkit import VectorQuantizer
 
-    probe = _script("lloyd_probe")
+    probe = load_script("lloyd_probe")
     with pytest.raises(SystemExit, match="projected"):
         probe.check_probe_quantizer(VectorQuantizer(8, 16, codebook_dim=4))
     with pytest.raises(SystemExit, match="euclidean"):
@@ -159,13 +137,13 @@ def _restore_quantizer(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("at_eval", [False, True])
-def test_assignment_bias_probe_moves_vectors_to_idle_codes(monkeypatch: pytest.MonkeyPatch, at_eval: bool) -> None:
+def test_assignment_bias_probe_moves_vectors_to_idle_codes(load_script, monkeypatch: pytest.MonkeyPatch, at_eval: bool) -> None:
     import torch
 
     from vqkit import VectorQuantizer
 
     _restore_quantizer(monkeypatch)
-    _script("balance_probes").patch_assignment_bias(eta=0.5, at_eval=at_eval)
+    load_script("balance_probes").patch_assignment_bias(eta=0.5, at_eval=at_eval)
     torch.manual_seed(0)
     q = VectorQuantizer(4, 8, kmeans_init=False, dead_code_steps=0, alternating_steps=0, channel_dim=-1)
     x = torch.randn(64, 4)
@@ -188,7 +166,7 @@ def test_assignment_bias_probe_moves_vectors_to_idle_codes(monkeypatch: pytest.M
     assert torch.equal(evaluated, nearest) != at_eval
 
 
-def test_codebook_diversity_probe_moves_only_the_codes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_codebook_diversity_probe_moves_only_the_codes(load_script, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     from vqkit import VectorQuantizer
@@ -205,12 +183,12 @@ def test_codebook_diversity_probe_moves_only_the_codes(monkeypatch: pytest.Monke
 
     to_input, to_codes = grads()
     assert to_input > 0 and to_codes > 0  # the library's regularizer moves the encoder and the codes
-    _script("balance_probes").patch_codebook_diversity()
+    load_script("balance_probes").patch_codebook_diversity()
     to_input, to_codes = grads()
     assert to_input == 0 and to_codes > 0
 
 
-def test_balance_probe_runs_are_tagged_resumable_and_not_reused(tmp_path: Path,
+def test_balance_probe_runs_are_tagged_resumable_and_not_reused(load_script, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
@@ -221,7 +199,7 @@ def test_balance_probe_runs_are_tagged_resumable_and_not_reused(tmp_path: Path,
     _restore_quantizer(monkeypatch)
     for module in (ablate, resume, trainer):
         monkeypatch.setattr(module, "__version__", module.__version__)
-    probes = _script("balance_probes")
+    probes = load_script("balance_probes")
     release = ablate.__version__
 
     def command(steps: int) -> list[str]:
