@@ -11,21 +11,21 @@ and prints, per row, the per-seed window means and their mean ± std over seeds:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
+
+from vqkit.training import read_metrics
+from vqkit.training.rundir import RunDir, ablation_run_dirs
 
 
 def window_means(run_dir: Path, metrics: list[str], from_step: int, to_step: int | None) -> tuple[dict[str, float], int] | None:
     """Mean of each metric over the run's test evaluations with ``from_step <= step <= to_step``, and their
     count; None when the run has no evaluation in the window (not trained that far yet)."""
-    records = []
-    with open(run_dir / "metrics.jsonl") as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("split") == "test" and rec["step"] >= from_step and (to_step is None or rec["step"] <= to_step):
-                records.append(rec)
+    if not RunDir(run_dir).metrics.exists():
+        return None
+    records = [r for r in read_metrics(run_dir, "test")
+               if r["step"] >= from_step and (to_step is None or r["step"] <= to_step)]
     if not records:
         return None
     missing = [m for m in metrics if m not in records[0]]
@@ -38,16 +38,16 @@ def summarize(out_dir: Path, metrics: list[str], from_step: int, to_step: int | 
     """Markdown table lines: one row per ablation row with runs, per-seed values and mean ± std over seeds."""
     lines = [f"| row | evaluations per run | {' | '.join(metrics)} | runs left out (no evaluation in the window) |",
              "|---|---|" + "---|" * (len(metrics) + 1)]
-    rows = sorted(p for p in out_dir.iterdir() if p.is_dir() and any(p.glob("seed*/metrics.jsonl")))
+    rows = {p.name: ablation_run_dirs(out_dir, p.name) for p in sorted(out_dir.iterdir()) if p.is_dir()}
+    rows = {name: runs for name, runs in rows.items() if runs}
     if not rows:
         raise ValueError(f"{out_dir}: no <row>/seed<N>/metrics.jsonl below it (expected an `vqkit ablate --out` directory)")
-    for row in rows:
-        runs = sorted(row.glob("seed*/metrics.jsonl"), key=lambda p: int(p.parent.name[4:]))
-        found = [(p.parent.name, window_means(p.parent, metrics, from_step, to_step)) for p in runs]
+    for name, runs in rows.items():
+        found = [(run.name, window_means(run, metrics, from_step, to_step)) for run in runs]
         per_seed = [w for _, w in found if w is not None]
         left_out = ", ".join(name for name, w in found if w is None) or "-"
         if not per_seed:
-            lines.append(f"| {row.name} | 0 |" + " - |" * len(metrics) + f" {left_out} |")
+            lines.append(f"| {name} | 0 |" + " - |" * len(metrics) + f" {left_out} |")
             continue
         cells = []
         for m in metrics:
@@ -56,7 +56,7 @@ def summarize(out_dir: Path, metrics: list[str], from_step: int, to_step: int | 
             seeds = ", ".join(f"{v:.4g}" for v in vals)
             cells.append(f"{statistics.fmean(vals):.4g} ± {std:.2g} ({seeds})")
         counts = sorted({n for _, n in per_seed})
-        lines.append(f"| {row.name} | {'/'.join(map(str, counts))} | {' | '.join(cells)} | {left_out} |")
+        lines.append(f"| {name} | {'/'.join(map(str, counts))} | {' | '.join(cells)} | {left_out} |")
     return lines
 
 
