@@ -10,7 +10,8 @@ from vqkit.losses import masked_mse, vq_loss
 
 def _reference(z, codes, indices, nu, cw, bw, weight):
     q = F.embedding(indices, codes)
-    out = q.detach() + (z - z.detach()) + nu * (q - q.detach())
+    synced = q if weight is None else torch.where(weight[:, None] != 0, q, q.detach())  # padding: no code gradient
+    out = q.detach() + (z - z.detach()) + nu * (synced - synced.detach())
     total = cw * masked_mse(z, q.detach(), weight) + bw * masked_mse(z.detach(), q, weight)
     return out, total
 

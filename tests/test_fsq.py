@@ -93,6 +93,25 @@ def test_num_codebooks_indices_trailing_axis():
         fsq.decode(torch.zeros(2, 5, dtype=torch.long))
 
 
+def test_groups_share_one_codebook_in_the_index_layout():
+    # held-out usage (CodeCounter reads index_layout) must pool the groups as the training stats do
+    from vqkit.training.evaluate import CodeCounter
+
+    fsq = FSQ([3, 3], num_codebooks=2)
+    first, second = torch.tensor([[0, 0], [1, 0], [2, 2]]), torch.tensor([[0, 1], [0, 2], [2, 2]])
+    z = torch.cat([latents_for_digits([3, 3], first), latents_for_digits([3, 3], second)], -1).float()
+    out = fsq(z)
+    assert out.indices.tolist() == [[0, 3], [1, 6], [8, 8]]
+    assert fsq.index_layout.shared
+    counter = CodeCounter(fsq.index_layout)
+    counter.add(out.indices)
+    usage, ppl = counter.result()
+    p = torch.tensor([1, 1, 1, 1, 2], dtype=torch.float64) / 6  # codes 0, 1, 3, 6 once, 8 twice
+    assert usage == pytest.approx(5 / 9) and out.stats["usage"].item() == pytest.approx(5 / 9)
+    assert ppl == pytest.approx(math.exp(-(p * p.log()).sum().item()))
+    assert out.stats["perplexity"].item() == pytest.approx(ppl, rel=1e-6)
+
+
 def test_gradient_is_bound_derivative_over_half_width():
     levels = [8, 5, 2]
     fsq = FSQ(levels)

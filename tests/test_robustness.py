@@ -350,6 +350,38 @@ def test_padding_may_hold_anything(name, fill):
     assert (dirty.grad[~mask] == 0).all()
 
 
+@pytest.mark.parametrize("name,make", [
+    ("vq", lambda: VectorQuantizer(8, 16)),  # the defaults: sync_nu 1 through the fused STE op
+    ("vq-rotation", lambda: VectorQuantizer(8, 16, estimator="rotation")),
+    ("vq-unfused", lambda: VectorQuantizer(8, 16, codebook="plain", sync_nu=0.5, estimator="rotation")),
+    ("grouped", lambda: GroupedVectorQuantizer(8, 16, 2)),
+    ("residual", lambda: ResidualVectorQuantizer(8, 16, 2)),
+    ("residual-shared", lambda: ResidualVectorQuantizer(8, 16, 3, shared_codebook=True)),
+])
+def test_a_task_loss_on_padding_never_reaches_the_codebook(name, make):
+    # a user whose task loss also covers the padded positions (their outputs are meaningless) must get the
+    # same codebook gradients as one who masks the loss: padding affects neither the loss nor the codebook
+    torch.manual_seed(0)
+    x = torch.randn(4, 10, 8)
+    mask = torch.ones(4, 10, dtype=torch.bool)
+    mask[:, 6:] = False
+    a = make()
+    b = copy.deepcopy(a)
+    torch.manual_seed(1)
+    oa = a(x, mask=mask)
+    torch.manual_seed(1)
+    ob = b(x, mask=mask)
+    target = torch.randn_like(x)
+    (((oa.quantized - target)[mask] ** 2).sum() + oa.loss).backward()
+    (((ob.quantized - target) ** 2).sum() + ob.loss).backward()  # padding included
+    grads = [(n, p.grad, q.grad) for (n, p), q in zip(a.named_parameters(), b.parameters())]
+    assert any(ga is not None and ga.abs().sum() > 0 for _, ga, _ in grads)
+    for n, ga, gb in grads:
+        assert (ga is None) == (gb is None), n
+        if ga is not None:
+            torch.testing.assert_close(gb, ga, msg=n)
+
+
 def test_lens_is_the_mask_of_sequence_lengths():
     torch.manual_seed(0)
     vq = VectorQuantizer(8, 16)

@@ -84,8 +84,9 @@ class _GatherSTELoss(torch.autograd.Function):
     with ``z - q`` formed chunk by chunk in a small reused buffer. Backward, with ``g`` the task gradient on
     the output and ``s = 2 dL/dtotal / count``: ``dz = g + cw * s * (z - q)`` (the one ``(N, D)`` gradient
     written), and ``dcodes = nu * index_add(g) - bw * s * index_add(z - q)`` (what ``F.embedding``'s backward
-    would do with the per-row gradient, as scatter-adds into ``(K, D)``; the residual ``z - q`` is formed once and
-    shared by both terms, or chunk by chunk through the small buffer when ``dz`` does not need it).
+    would do with the per-row gradient, as scatter-adds into ``(K, D)``, leaving out the ``g`` of padding rows,
+    weight 0; the residual ``z - q`` is formed once and shared by both terms, or chunk by chunk through the
+    small buffer when ``dz`` does not need it).
     So one step writes two fresh ``(N, D)`` tensors (``q`` and ``dz``) where the unfused
     ``embedding + straight_through + vq_loss`` graph wrote about 16; on CPU every fresh large tensor also
     costs page faults. Nothing but ``z``, ``q`` (which the graph holds anyway) and the indices is saved.
@@ -150,7 +151,10 @@ class _GatherSTELoss(torch.autograd.Function):
             if g_out is not None and ctx.nu != 0.0:
                 if dcodes is None:
                     dcodes = torch.zeros(ctx.codes_shape, dtype=acc, device=q.device)
-                dcodes.index_add_(0, indices, g_out.to(acc), alpha=ctx.nu)
+                g = g_out.to(acc)
+                if weight is not None:  # padding rows: their outputs are meaningless, never a code's gradient
+                    g = g * (weight != 0)[:, None]
+                dcodes.index_add_(0, indices, g, alpha=ctx.nu)
             if dcodes is not None:
                 dcodes = dcodes.to(ctx.codes_dtype)
         dz = None

@@ -299,7 +299,8 @@ class FSQ(Quantizer):
     @property
     def index_layout(self) -> IndexLayout:
         g = self.num_codebooks
-        return IndexLayout((g,) if g > 1 else (), (self.codebook_size,) * g)
+        # the groups index one implicit codebook (as the stats pool them)
+        return IndexLayout((g,) if g > 1 else (), (self.codebook_size,) * g, shared=True)
 
     def latent_codes(self, indices: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """Validated int64 indices -> codes before ``project_out``, ``(..., codebook_dim)`` in [-1, 1],

@@ -638,6 +638,8 @@ class VectorQuantizer(Quantizer):
 
         if output_nu is None:
             selected = F.embedding(indices, codes)
+            if valid is not None:  # a padding row's output never sends a gradient to its code
+                selected = torch.where(valid[:, None], selected, selected.detach())
             total, mse, _ = vq_loss(z, selected, self.commitment_weight, self.codebook_weight, weight)
         else:
             selected, total, mse = straight_through_with_loss(
