@@ -638,7 +638,7 @@ class VectorQuantizer(Quantizer):
 
         if output_nu is None:
             selected = F.embedding(indices, codes)
-            if valid is not None:  # a padding row's output never sends a gradient to its code
+            if valid is not None and codes.requires_grad:  # a padding row's output sends its code no gradient
                 selected = torch.where(valid[:, None], selected, selected.detach())
             total, mse, _ = vq_loss(z, selected, self.commitment_weight, self.codebook_weight, weight)
         else:
