@@ -247,10 +247,18 @@ class VectorQuantizer(Quantizer):
             re-parameterization; :class:`~vqkit.codebooks.Affine` with ``lr=10``), ``"running_affine"``,
             ``"plain"``, ``"ema"`` (no gradient; VQ-VAE-2 / SoundStream), ``"linear"`` (SimVQ), or a spec from
             :mod:`vqkit.codebooks` with its own settings, e.g. ``Affine(lr=2.0, groups=4)``, ``EMA(0.8)``.
+            Known defect: on a ViT's residual stream (Fashion-MNIST, K = 512) Adam drove the default affine
+            scale ``1 + 10 s`` through zero and the held-out usage collapsed on 1 seed of 3;
+            ``Affine(lr=1.0)`` or ``"plain"`` kept it at 100% there.
         codebook_dim: code dimension D; when it differs from ``dim`` the input is projected in and the
             output projected back with learned linear maps.
         metric: ``"euclidean"`` (squared L2) or ``"cosine"`` (inputs and codes l2-normalized; the output
-            is the unit-norm code).
+            is the unit-norm code, so the layers after the quantizer see features of a fixed scale).
+            Measured on Fashion-MNIST (600 steps, K = 512): cosine raised an AlexNet-style classifier, which
+            has no normalization layer, from 77.6% to 83.4% accuracy (6 seeds, every seed higher), did
+            nothing to a ResNet-18-style one (batch norm), and cost a conv VQ-VAE 23% of its reconstruction
+            MSE, so the default stays euclidean; a model whose layers after the bottleneck do not normalize
+            their input may want cosine.
         commitment_weight: weight of ``mean((z - sg(c))^2)`` (pulls the encoder to its codes). Measured on
             Fashion-MNIST: 1.0 raised an AlexNet-style classifier's accuracy after 3000 steps by 1.5 points at
             K = 512 (1.9 on three other seeds) and 0.5 points at K = 1024 (3 seeds each, every seed higher)
