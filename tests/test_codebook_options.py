@@ -57,7 +57,8 @@ def test_affine_is_the_diagonal_special_case_of_linear():
         aff.codes.scale.normal_(0, 0.1)
         aff.codes.shift.normal_(0, 0.1)
         lin.codes.weight.copy_(aff.codes.weight)
-        lin.codes.linear.copy_(torch.diag(aff.codes.scale[0]))
+        alpha = aff.codes.affine_map()[0][0]
+        lin.codes.linear.copy_(torch.diag((alpha - 1) / 3.0))  # I + a V = diag(alpha)
         lin.codes.shift.copy_(aff.codes.shift[0])
     torch.testing.assert_close(lin.codebook, aff.codebook)
 

@@ -130,8 +130,11 @@ def test_affine_gradients_are_dense_and_scaled(groups):
     g_code = per_code_sum(upstream, out.indices, 16).view(groups, -1, 8)  # dL/dc_k
     w = vq.codes.weight.detach().view(groups, -1, 8)
     torch.testing.assert_close(vq.codes.shift.grad, a * g_code.sum(1))
-    torch.testing.assert_close(vq.codes.scale.grad, a * (g_code * w).sum(1))
-    alpha = (1 + a * vq.codes.scale.detach())[:, None]
+    x = a * vq.codes.scale.detach()
+    f = vq.codes.scale_floor
+    alpha = (f + (1 - f) * torch.where(x >= 0, 1 + x, torch.exp(x)))[:, None]  # f + (1 - f)(elu(x) + 1)
+    slope = (1 - f) * torch.where(x >= 0, 1.0, torch.exp(x))
+    torch.testing.assert_close(vq.codes.scale.grad, a * slope * (g_code * w).sum(1))
     torch.testing.assert_close(vq.codes.weight.grad, (alpha * g_code).reshape(16, 8))
     # one SGD step on the shared parameters moves every code, also the unselected ones
     before = vq.effective_codes().detach().clone()

@@ -6,7 +6,8 @@ its name, e.g. ``VectorQuantizer(dim, K, codebook="affine")`` or ``codebook=EMA(
 ==================== ==================================================================================
 ``"plain"``/Plain()  ``c_k = w_k``, learned by gradient.
 ``"affine"``/Affine  ``c_k = (1 + a * s_g) * w_k + a * b_g``: shared, zero-initialized ``s, b`` per group of
-                     codes g with learning-rate multiplier ``a`` (Huh et al. 2023). Every step moves every
+                     codes g with learning-rate multiplier ``a`` (Huh et al. 2023); below 1 the scale is
+                     about ``exp(a * s_g)``, floored at 1e-3, so it stays positive. Every step moves every
                      code, used or not.
 ``"running_affine"`` ``c_k = scale_g * w_k + shift_g`` with ``scale = sqrt(Var[z] / Var[w])``,
 /RunningAffine       ``shift = E[z] - scale * E[w]`` from EMA moments of the embeddings and of the weights.
@@ -37,11 +38,14 @@ when the module is cast to fp16/bf16 (an EMA with decay 0.99 cannot move a bf16 
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import distributed as dist_utils
@@ -135,7 +139,8 @@ class Plain(CodebookSpec):
 
 @dataclass(frozen=True)
 class Affine(CodebookSpec):
-    """Learned affine re-parameterization ``c_k = (1 + lr * s_g) * w_k + lr * b_g``.
+    """Learned affine re-parameterization ``c_k = alpha_g * w_k + lr * b_g`` with a positive scale
+    ``alpha_g`` (about ``1 + lr * s_g`` above 1, ``exp(lr * s_g)`` below, never under 1e-3).
 
     Args:
         lr: learning-rate multiplier ``a`` of the shared scale / shift (> 0).
@@ -370,12 +375,28 @@ class Codebook(_FP32Statistics):
 
 
 class AffineCodebook(Codebook):
-    """Learned affine re-parameterization ``c_k = (1 + a * s_g) * w_k + a * b_g``.
+    """Learned affine re-parameterization ``c_k = alpha(a * s_g) * w_k + a * b_g``.
 
     ``s, b`` are ``(G, D)``, zero-initialized (identity at start), shared by the ``K / G`` codes of each
     group, so every step updates the whole codebook densely. ``a = affine_lr`` multiplies their
     gradients, which the optimizer sees as an ``a``-times larger step on the shared parameters.
+
+    The scale is ``alpha = f + (1 - f) * (elu(a s) + 1)`` with floor ``f = scale_floor = 1e-3``: about
+    ``1 + a s`` above 1 (the paper's form), about ``exp(a s)`` below, never under ``f``. Same value at
+    ``s = 0`` and the same slope to 0.1%, but it stays positive: Adam moves ``s`` by about its learning rate
+    each step whatever the gradient, so the paper's linear scale could be driven through zero, which
+    shrinks or flips every code of a channel between two steps (measured on a transformer's residual
+    stream); below 1 this one moves by a *relative* ``exp(+-a * lr)`` per step. It grows linearly above 1,
+    so a large SGD step cannot overflow it, and the floor bounds the raw weights that k-means,
+    replacement and the alternating step write through the inverse (``w = (c - beta) / alpha``).
+
+    Checkpoints written with the linear scale (module version 1) are converted on load to the same
+    effective codes; the sign of a negative scale is folded into the weights.
     """
+
+    _version = 2
+    #: lower bound of the learned scale (keeps the inverse map, and the raw weights, finite)
+    scale_floor: ClassVar[float] = 1e-3
 
     def __init__(self, size: int, dim: int, groups: int = 1, affine_lr: float = 1.0) -> None:
         super().__init__(size, dim, groups)
@@ -384,7 +405,8 @@ class AffineCodebook(Codebook):
         self.shift = nn.Parameter(torch.zeros(groups, dim))
 
     def _transform(self, scale: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
-        return 1.0 + self.affine_lr * scale, self.affine_lr * shift
+        floor = self.scale_floor
+        return floor + (1.0 - floor) * (F.elu(self.affine_lr * scale) + 1.0), self.affine_lr * shift
 
     def forward(self, committed: bool = False) -> Tensor:
         alpha, beta = self._transform(_snapshot(self.scale), _snapshot(self.shift))
@@ -394,8 +416,31 @@ class AffineCodebook(Codebook):
     def affine_map(self) -> tuple[Tensor, Tensor]:
         acc = accumulation_dtype(self.weight)
         alpha, beta = (t.detach().to(acc) for t in self._transform(self.scale, self.shift))
-        alpha = torch.where(alpha.abs() < 1e-6, torch.where(alpha < 0, -1e-6, 1e-6), alpha)  # finite inverse
         return alpha, beta
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        # version 1 = the linear scale. A state dict without module versions (a safetensors file) is taken as
+        # current: vqkit's checkpoint reader marks old ones from their recorded release (legacy_state_dict)
+        scale_key, weight_key = prefix + "scale", prefix + "weight"
+        if local_metadata.get("version") == 1 and scale_key in state_dict and weight_key in state_dict:
+            state_dict[scale_key], state_dict[weight_key] = self._from_linear_scale(
+                state_dict[scale_key], state_dict[weight_key])
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def _from_linear_scale(self, scale: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """Version-1 ``(scale, weight)`` (``alpha = 1 + a s``) to the current form, same effective codes."""
+        if scale.dim() != 2 or weight.dim() != 2 or weight.shape[0] % scale.shape[0] != 0:
+            return scale, weight  # let the shape check of the regular load report it
+        acc, floor = torch.float64, self.scale_floor
+        alpha = 1.0 + self.affine_lr * scale.to(acc)
+        magnitude = alpha.abs().clamp_min(2 * floor)  # the weights absorb the sign and any smaller magnitude
+        g, d = scale.shape
+        w = weight.to(acc).view(g, -1, d) * (alpha / magnitude)[:, None]
+        e = (magnitude - floor) / (1.0 - floor)
+        x = torch.where(e >= 1.0, e - 1.0, e.log())  # inverse of elu(x) + 1
+        return (x / self.affine_lr).to(scale.dtype), w.reshape(weight.shape).to(weight.dtype)
 
     @torch.no_grad()
     def alternating_step_(self, counts: Tensor, sums: Tensor, lr: float) -> None:
@@ -419,6 +464,31 @@ class AffineCodebook(Codebook):
         residual = (sums.view(g, -1, d).sum(1) - alpha * weighted_w - total * beta) / total.clamp_min(1.0)
         self.shift.add_((residual * (lr / self.affine_lr)).to(self.shift.dtype))
         super().alternating_step_(counts, sums, lr)
+
+
+#: the first vqkit release whose affine codebook has the positive (``elu + 1``) scale
+POSITIVE_SCALE_RELEASE = (0, 6, 0)
+
+
+def release_tuple(release: str | None) -> tuple[int, ...] | None:
+    parts = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?", release or "")
+    return None if parts is None else tuple(int(p or 0) for p in parts.groups())
+
+
+def legacy_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], release: str | None) -> dict[str, Tensor]:
+    """``state_dict`` marked with the module versions of the vqkit ``release`` that wrote it.
+
+    For formats that store no module versions (safetensors checkpoints): a state dict written before
+    :data:`POSITIVE_SCALE_RELEASE` (or by an unrecorded release) marks every :class:`AffineCodebook` of
+    ``model`` as version 1, so loading converts its linear scale; otherwise ``state_dict`` is returned as is.
+    """
+    version = release_tuple(release)
+    if version is not None and version >= POSITIVE_SCALE_RELEASE:
+        return dict(state_dict)
+    marked = OrderedDict(state_dict)
+    marked._metadata = {  # type: ignore[attr-defined]
+        name: {"version": 1} for name, module in model.named_modules() if isinstance(module, AffineCodebook)}
+    return marked
 
 
 class RunningAffineCodebook(Codebook):

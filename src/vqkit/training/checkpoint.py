@@ -35,6 +35,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .. import __version__
+from ..codebooks import legacy_state_dict
 from .rundir import (
     CORRUPT_PREFIX,
     MODEL_FILE,
@@ -173,7 +175,9 @@ def save_checkpoint(
     opt_tensors, opt_meta = optimizer_state_to_flat(optimizer)
     _save_tensors(tmp / OPTIMIZER_FILE, opt_tensors)
     _save_tensors(tmp / RNG_FILE, _rng_tensors(_model_device(model)))
-    state = {"format": FORMAT_VERSION, "step": int(step), "optimizer": opt_meta, **(extra or {})}
+    # the release tells a later reader how to interpret the tensors (legacy_state_dict)
+    state = {"format": FORMAT_VERSION, "step": int(step), "optimizer": opt_meta, "vqkit": __version__,
+             **(extra or {})}
     _fsync_write(tmp / STATE_FILE, json.dumps(state, indent=1).encode())
     _fsync_dir(tmp)
     if final.exists():  # re-saving a step (e.g. after a resume): swap the old one out first
@@ -250,7 +254,7 @@ class Checkpoint:
     def apply(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
               restore_rng: bool = True) -> None:
         """Load the checked states into ``model`` (and ``optimizer``, and the RNGs)."""
-        model.load_state_dict(self.model_tensors, strict=True)
+        model.load_state_dict(legacy_state_dict(model, self.model_tensors, self.state.get("vqkit")), strict=True)
         if optimizer is not None and self.optimizer_state is not None:
             optimizer.load_state_dict(self.optimizer_state)
         if restore_rng and self.rng:
@@ -428,7 +432,8 @@ def load_model_weights(checkpoint: str | Path, model: nn.Module) -> None:
     path = Path(checkpoint) / MODEL_FILE
     tensors = _load_tensors(path)
     _check_model_tensors(path, tensors, model)
-    model.load_state_dict(tensors, strict=True)
+    state = peek_state(Path(checkpoint)) or {}
+    model.load_state_dict(legacy_state_dict(model, tensors, state.get("vqkit")), strict=True)
 
 
 def load_checkpoint(
