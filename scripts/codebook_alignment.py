@@ -13,8 +13,8 @@ quantizer on the first ``--images`` test images, and compare them with the effec
 * ``spread ratio``: ``sqrt(mean_d Var(c_d) / mean_d Var(z_d))`` (1 = as spread as the data);
 * ``codes near data``: the fraction of codes whose nearest embedding is closer than the median distance
   of an embedding to its own nearest code (codes that could win an assignment);
-* ``affine alpha``: mean and range of the learned scale ``1 + a s`` (vqkit affine codebook or vqtorch
-  ``affine_lr``), when there is one.
+* ``affine alpha``: mean and range of the learned scale (vqkit's affine codebook, positive since 0.6.0; vqtorch's
+  ``1 + a s`` with its ``affine_lr``), when there is one.
 """
 
 from __future__ import annotations

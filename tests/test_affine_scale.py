@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 
 import vqkit
 from vqkit import VectorQuantizer
-from vqkit.codebooks import Affine, AffineCodebook
+from vqkit.codebooks import Affine, AffineCodebook, legacy_state_dict, positive_scale
 
 
 def test_adam_cannot_drive_the_scale_through_zero():
@@ -170,3 +171,76 @@ def test_checkpoints_are_read_by_the_release_that_wrote_them(tmp_path, release, 
         if converts else model[1].codebook
     torch.testing.assert_close(loaded[1].codebook, expected, atol=1e-5, rtol=1e-5)
     assert (loaded[1].codes.affine_map()[0] > 0).all()
+
+
+def test_a_checkpoint_without_its_state_file_is_refused_not_guessed(tmp_path):
+    from vqkit.training.checkpoint import STATE_FILE, CheckpointError, load_model_weights, save_checkpoint
+
+    model = VectorQuantizer(4, 8)
+    path = save_checkpoint(tmp_path, 1, model, torch.optim.SGD(model.parameters(), lr=0.1))
+    (path / STATE_FILE).unlink()
+    with pytest.raises(CheckpointError, match="state.json: missing or unreadable.*affine codebook"):
+        load_model_weights(path, VectorQuantizer(4, 8))
+    plain = VectorQuantizer(4, 8, codebook="plain")
+    path = save_checkpoint(tmp_path / "plain", 1, plain, torch.optim.SGD(plain.parameters(), lr=0.1))
+    (path / STATE_FILE).unlink()
+    load_model_weights(path, VectorQuantizer(4, 8, codebook="plain"))  # nothing to interpret: loads
+
+
+def test_a_codebook_shared_by_two_paths_is_converted_once_and_right():
+    torch.manual_seed(4)
+    shared = AffineCodebook(8, 3, affine_lr=2.0)
+    model = torch.nn.Module()
+    model.a, model.b = shared, shared
+    with torch.no_grad():
+        shared.scale.normal_(0, 0.5)
+    expected = _linear_codes(shared.scale.detach(), shared.shift.detach(), shared.weight.detach(), 2.0)
+    state = legacy_state_dict(model, dict(model.state_dict()), "0.5.0")  # both paths stored, like safetensors
+    target = torch.nn.Module()
+    target.a = target.b = AffineCodebook(8, 3, affine_lr=2.0)
+    target.load_state_dict(state)
+    torch.testing.assert_close(target.a(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_partial_version_1_state_dict_converts_the_scale_or_says_why_not():
+    cb = AffineCodebook(8, 3, affine_lr=2.0)
+    scale = torch.full((1, 3), 0.25)  # 1 + a s = 1.5: representable without the weights
+    state = OrderedDict(scale=scale)
+    state._metadata = {"": {"version": 1}}
+    cb.load_state_dict(state, strict=False)
+    torch.testing.assert_close(cb.affine_map()[0], torch.full((1, 3), 1.5))
+    state = OrderedDict(scale=torch.full((1, 3), -1.0))  # 1 + a s = -1: its sign belongs in the weights
+    state._metadata = {"": {"version": 1}}
+    with pytest.raises(RuntimeError, match="scale: a linear scale 1 \\+ a s of -1 .*needs the codebook's weights"):
+        cb.load_state_dict(state, strict=False)
+
+
+def test_the_scale_keeps_its_resolution_in_bf16():
+    x = torch.linspace(-8.0, 3.0, 200)
+    f = AffineCodebook.scale_floor
+    ref = positive_scale(x.double(), f)
+    low = positive_scale(x.bfloat16(), f).double()
+    assert ((low - ref).abs() / ref).max() < 0.02  # bf16 rounding, also where exp(x) is far below 1
+
+
+def test_resuming_a_converted_checkpoint_restarts_the_moments_of_the_converted_parameters(tmp_path):
+    from vqkit.training.checkpoint import STATE_FILE, read_checkpoint, save_checkpoint
+
+    def make():
+        torch.manual_seed(5)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), VectorQuantizer(4, 8, codebook=Affine(lr=2.0)))
+        return model, torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    model, opt = make()
+    model[1](model[0](torch.randn(32, 4))).loss.backward()
+    opt.step()
+    path = save_checkpoint(tmp_path, 1, model, opt)
+    for release, reset in (("0.6.0", False), ("0.5.0", True)):
+        state = json.loads((path / STATE_FILE).read_text())
+        state["vqkit"] = release
+        (path / STATE_FILE).write_text(json.dumps(state))
+        fresh, fresh_opt = make()
+        read_checkpoint(path, fresh, fresh_opt).apply(fresh, fresh_opt)
+        codes = fresh[1].codes
+        assert (codes.scale in fresh_opt.state) != reset and (codes.weight in fresh_opt.state) != reset
+        assert codes.shift in fresh_opt.state and fresh[0].weight in fresh_opt.state

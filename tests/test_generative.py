@@ -177,6 +177,7 @@ def test_tokenizer_fingerprint_tracks_weights_and_recipe():
     model = _tokenizer({"kind": "vq", "codebook_size": 8}, steps=0)
     h = tokenizer_fingerprint(model, {"a": 1})
     assert h == tokenizer_fingerprint(model, {"a": 1}) and len(h) == 64
+    assert h == tokenizer_fingerprint(dict(model.state_dict()), {"a": 1})  # a checkpoint's tensors as stored
     assert h != tokenizer_fingerprint(model, {"a": 2})
     with torch.no_grad():
         next(model.parameters())[0].view(-1)[0] += 1e-6

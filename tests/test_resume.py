@@ -523,3 +523,25 @@ def test_a_checkpoint_from_before_the_ramp_resumes_past_it(tmp_path, tiny_recipe
     assert not [p for p in old.rglob("*") if "corrupt" in p.name] and "no intact checkpoint" not in err
     after = load_file(str(latest_checkpoint(old) / "model.safetensors"))
     assert int(after["quantizer.training_calls"]) == RAMP_DONE + 2
+
+
+def test_resuming_a_checkpoint_with_the_linear_affine_scale_converts_it_and_says_so(run_copy, capsys):
+    """Checkpoints before 0.6.0 store the affine scale as ``1 + a s``: resume loads the same codes in the positive
+    form and warns that the run continues with it; a current checkpoint resumes without the warning."""
+    from vqkit.training import build_from_recipe, load_datasets, load_model_weights, resume_recipe
+
+    recipe = resume_recipe(run_copy)
+    model = build_from_recipe(recipe, load_datasets(recipe)[0])
+    codes = model.quantizer.codes
+    tensors = load_file(str(latest_checkpoint(run_copy) / "model.safetensors"))
+    scale, shift, weight = (tensors[f"quantizer.codes.{n}"].double() for n in ("scale", "shift", "weight"))
+    a = codes.affine_lr
+    _set_release(run_copy, "0.5.0")
+    load_model_weights(latest_checkpoint(run_copy), model)
+    torch.testing.assert_close(model.quantizer.codebook.double(), (1 + a * scale) * weight + a * shift,
+                               atol=1e-5, rtol=1e-5)
+    code, err = _resume(run_copy, capsys)
+    assert code == 0, err
+    assert "was written by vqkit 0.5.0 with the affine codebook's linear scale 1 + a s (quantizer.codes)" in err
+    code, err = _resume(run_copy, capsys, "--set", "steps=20")  # step 15 was written by this release
+    assert code == 0 and "linear scale" not in err, err

@@ -5,10 +5,10 @@ its name, e.g. ``VectorQuantizer(dim, K, codebook="affine")`` or ``codebook=EMA(
 
 ==================== ==================================================================================
 ``"plain"``/Plain()  ``c_k = w_k``, learned by gradient.
-``"affine"``/Affine  ``c_k = (1 + a * s_g) * w_k + a * b_g``: shared, zero-initialized ``s, b`` per group of
-                     codes g with learning-rate multiplier ``a`` (Huh et al. 2023); below 1 the scale is
-                     about ``exp(a * s_g)``, floored at 1e-3, so it stays positive. Every step moves every
-                     code, used or not.
+``"affine"``/Affine  ``c_k = alpha(a * s_g) * w_k + a * b_g``: shared, zero-initialized ``s, b`` per group of
+                     codes g with learning-rate multiplier ``a`` (Huh et al. 2023). The scale is
+                     ``alpha(x) = f + (1 - f) * (elu(x) + 1)``, ``f = 1e-3``: the paper's ``1 + x`` above 1,
+                     ``exp(x)`` below, so it stays positive. Every step moves every code, used or not.
 ``"running_affine"`` ``c_k = scale_g * w_k + shift_g`` with ``scale = sqrt(Var[z] / Var[w])``,
 /RunningAffine       ``shift = E[z] - scale * E[w]`` from EMA moments of the embeddings and of the weights.
 ``"ema"``/EMA        ``c_k = M_k / N_k``: EMA cluster sums and counts (VQ-VAE-2, SoundStream), no gradient.
@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import distributed as dist_utils
@@ -405,8 +404,7 @@ class AffineCodebook(Codebook):
         self.shift = nn.Parameter(torch.zeros(groups, dim))
 
     def _transform(self, scale: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
-        floor = self.scale_floor
-        return floor + (1.0 - floor) * (F.elu(self.affine_lr * scale) + 1.0), self.affine_lr * shift
+        return positive_scale(self.affine_lr * scale, self.scale_floor), self.affine_lr * shift
 
     def forward(self, committed: bool = False) -> Tensor:
         alpha, beta = self._transform(_snapshot(self.scale), _snapshot(self.shift))
@@ -420,27 +418,42 @@ class AffineCodebook(Codebook):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:
-        # version 1 = the linear scale. A state dict without module versions (a safetensors file) is taken as
-        # current: vqkit's checkpoint reader marks old ones from their recorded release (legacy_state_dict)
+        # version 1 = the linear scale. A state dict without module versions (a safetensors file, a plain dict)
+        # is taken as current: vqkit's checkpoint reader marks old ones from their recorded release
+        # (legacy_state_dict)
         scale_key, weight_key = prefix + "scale", prefix + "weight"
-        if local_metadata.get("version") == 1 and scale_key in state_dict and weight_key in state_dict:
-            state_dict[scale_key], state_dict[weight_key] = self._from_linear_scale(
-                state_dict[scale_key], state_dict[weight_key])
+        if local_metadata.get("version") == 1 and scale_key in state_dict:
+            try:
+                scale, weight = self._from_linear_scale(state_dict[scale_key], state_dict.get(weight_key))
+            except ValueError as e:
+                error_msgs.append(f"{scale_key}: {e}")
+            else:
+                state_dict[scale_key] = scale
+                if weight is not None:
+                    state_dict[weight_key] = weight
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
-    def _from_linear_scale(self, scale: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
-        """Version-1 ``(scale, weight)`` (``alpha = 1 + a s``) to the current form, same effective codes."""
-        if scale.dim() != 2 or weight.dim() != 2 or weight.shape[0] % scale.shape[0] != 0:
+    def _from_linear_scale(self, scale: Tensor, weight: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Version-1 ``(scale, weight)`` (``alpha = 1 + a s``) to the current form, same effective codes.
+
+        A scale that is negative or under ``2 * scale_floor`` moves its sign and size into the weights; without
+        ``weight`` (a partial state dict) that cannot be done and raises ValueError."""
+        if scale.dim() != 2 or (weight is not None and (weight.dim() != 2 or weight.shape[0] % scale.shape[0] != 0)):
             return scale, weight  # let the shape check of the regular load report it
         acc, floor = torch.float64, self.scale_floor
         alpha = 1.0 + self.affine_lr * scale.to(acc)
         magnitude = alpha.abs().clamp_min(2 * floor)  # the weights absorb the sign and any smaller magnitude
-        g, d = scale.shape
-        w = weight.to(acc).view(g, -1, d) * (alpha / magnitude)[:, None]
+        if weight is not None:
+            g, d = scale.shape
+            w = weight.to(acc).reshape(g, -1, d) * (alpha / magnitude)[:, None]
+            weight = w.reshape(weight.shape).to(weight.dtype)
+        elif not bool((alpha == magnitude).all()):
+            raise ValueError(f"a linear scale 1 + a s of {float(alpha.min()):.3g} (version-1 state dict) needs "
+                             "the codebook's weights in the same load to be converted")
         e = (magnitude - floor) / (1.0 - floor)
         x = torch.where(e >= 1.0, e - 1.0, e.log())  # inverse of elu(x) + 1
-        return (x / self.affine_lr).to(scale.dtype), w.reshape(weight.shape).to(weight.dtype)
+        return (x / self.affine_lr).to(scale.dtype), weight
 
     @torch.no_grad()
     def alternating_step_(self, counts: Tensor, sums: Tensor, lr: float) -> None:
@@ -466,28 +479,48 @@ class AffineCodebook(Codebook):
         super().alternating_step_(counts, sums, lr)
 
 
-#: the first vqkit release whose affine codebook has the positive (``elu + 1``) scale
+def positive_scale(x: Tensor, floor: float) -> Tensor:
+    """``floor + (1 - floor) * (elu(x) + 1)``: ``1 + x`` above 0, ``exp(x)`` below (scaled into ``(floor, inf)``).
+
+    The exponential branch is evaluated as ``exp`` (not ``expm1 + 1``, which loses the small values in bf16) on
+    ``min(x, 0)``, so the branch ``torch.where`` discards never overflows into a NaN gradient."""
+    unit = torch.where(x > 0, x + 1.0, torch.exp(x.clamp(max=0.0)))
+    return floor + (1.0 - floor) * unit
+
+
+#: the first vqkit release whose affine codebook has the positive scale (:func:`positive_scale`)
 POSITIVE_SCALE_RELEASE = (0, 6, 0)
 
 
-def release_tuple(release: str | None) -> tuple[int, ...] | None:
-    parts = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?", release or "")
+def release_tuple(release: object) -> tuple[int, ...] | None:
+    """``"0.5.0"`` -> ``(0, 5, 0)`` (a suffix such as ``"+probe"`` or ``"rc1"`` is dropped); None when
+    ``release`` is not a string that starts with a version."""
+    parts = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?", release) if isinstance(release, str) else None
     return None if parts is None else tuple(int(p or 0) for p in parts.groups())
 
 
-def legacy_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], release: str | None) -> dict[str, Tensor]:
-    """``state_dict`` marked with the module versions of the vqkit ``release`` that wrote it.
-
-    For formats that store no module versions (safetensors checkpoints): a state dict written before
-    :data:`POSITIVE_SCALE_RELEASE` (or by an unrecorded release) marks every :class:`AffineCodebook` of
-    ``model`` as version 1, so loading converts its linear scale; otherwise ``state_dict`` is returned as is.
-    """
+def converted_affine_codebooks(model: nn.Module, release: object) -> list[str]:
+    """Names of ``model``'s :class:`AffineCodebook` modules (every path of a shared one) whose stored scale is
+    the linear ``1 + a s``: a state dict written by vqkit ``release`` before :data:`POSITIVE_SCALE_RELEASE`, or
+    by a release that did not record itself (None)."""
     version = release_tuple(release)
     if version is not None and version >= POSITIVE_SCALE_RELEASE:
+        return []
+    return [name for name, module in model.named_modules(remove_duplicate=False) if isinstance(module, AffineCodebook)]
+
+
+def legacy_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], release: object) -> dict[str, Tensor]:
+    """``state_dict`` marked with the module versions of the vqkit ``release`` that wrote it.
+
+    For formats that store no module versions (safetensors checkpoints): every affine codebook named by
+    :func:`converted_affine_codebooks` is marked version 1, so loading converts its linear scale to the same
+    codes; otherwise ``state_dict`` is returned as is.
+    """
+    names = converted_affine_codebooks(model, release)
+    if not names:
         return dict(state_dict)
     marked = OrderedDict(state_dict)
-    marked._metadata = {  # type: ignore[attr-defined]
-        name: {"version": 1} for name, module in model.named_modules() if isinstance(module, AffineCodebook)}
+    marked._metadata = {name: {"version": 1} for name in names}  # type: ignore[attr-defined]
     return marked
 
 

@@ -138,7 +138,9 @@ def load_tokenizer(run_dir: str | Path, *, device: torch.device | str = "cpu") -
         note(f"warning: {error}; using the older checkpoint {checkpoint.path.name} of the tokenizer")
     checkpoint.apply(model, None, restore_rng=False)
     model = model.to(device).eval()
-    return Tokenizer(model, recipe, run.root, checkpoint.path, tokenizer_fingerprint(model, recipe.to_dict()))
+    # the stored tensors: the fingerprint of a checkpoint does not change when a newer release converts it on load
+    return Tokenizer(model, recipe, run.root, checkpoint.path,
+                     tokenizer_fingerprint(checkpoint.model_tensors, recipe.to_dict()))
 
 
 def encode_split(tokenizer: Tokenizer, split: str, out: str | Path | None = None) -> tuple[TokenSet, Path]:

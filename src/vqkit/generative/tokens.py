@@ -118,15 +118,17 @@ def _device_of(module: nn.Module) -> torch.device:
     return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
-def tokenizer_fingerprint(model: nn.Module, recipe: Mapping[str, Any] | None = None) -> str:
-    """SHA-256 (hex) of ``recipe`` (as sorted JSON) and every tensor of ``model.state_dict()``.
+def tokenizer_fingerprint(model: nn.Module | Mapping[str, Tensor], recipe: Mapping[str, Any] | None = None) -> str:
+    """SHA-256 (hex) of ``recipe`` (as sorted JSON) and every tensor of ``model.state_dict()`` (or of the
+    given tensors: a checkpoint's as stored, so a conversion on load does not change the fingerprint).
 
     Two tokenizers share a fingerprint only if they have the same recipe and bit-identical weights and
     buffers, so a token file can be matched to the tokenizer that decodes it.
     """
     h = hashlib.sha256()
     h.update(json.dumps(dict(recipe or {}), sort_keys=True, default=str).encode())
-    for name, t in sorted(model.state_dict().items()):
+    tensors = model.state_dict() if isinstance(model, nn.Module) else model
+    for name, t in sorted(tensors.items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")

@@ -247,9 +247,9 @@ class VectorQuantizer(Quantizer):
             re-parameterization; :class:`~vqkit.codebooks.Affine` with ``lr=10``), ``"running_affine"``,
             ``"plain"``, ``"ema"`` (no gradient; VQ-VAE-2 / SoundStream), ``"linear"`` (SimVQ), or a spec from
             :mod:`vqkit.codebooks` with its own settings, e.g. ``Affine(lr=2.0, groups=4)``, ``EMA(0.8)``.
-            Known defect: on a ViT's residual stream (Fashion-MNIST, K = 512) Adam drove the default affine
-            scale ``1 + 10 s`` through zero and the held-out usage collapsed on 1 seed of 3;
-            ``Affine(lr=1.0)`` or ``"plain"`` kept it at 100% there.
+            The affine scale is kept positive (about ``1 + 10 s`` above 1, ``exp(10 s)`` below; vqkit 0.6.0):
+            the paper's linear scale was driven through zero by Adam on a ViT's residual stream, and the
+            held-out usage collapsed on 1 seed of 3 (Fashion-MNIST, K = 512; 100% on every seed since).
         codebook_dim: code dimension D; when it differs from ``dim`` the input is projected in and the
             output projected back with learned linear maps.
         metric: ``"euclidean"`` (squared L2) or ``"cosine"`` (inputs and codes l2-normalized; the output

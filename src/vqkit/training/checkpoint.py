@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .. import __version__
-from ..codebooks import legacy_state_dict
+from ..codebooks import converted_affine_codebooks, legacy_state_dict
 from .rundir import (
     CORRUPT_PREFIX,
     MODEL_FILE,
@@ -66,7 +66,11 @@ __all__ = [
     "optimizer_state_from_flat",
 ]
 
-FORMAT_VERSION = 1
+#: the checkpoint format written; 2 (vqkit 0.6.0) stores the affine codebook's positive scale, so a release
+#: that reads only format 1 refuses it instead of reading that scale as the linear ``1 + a s``
+FORMAT_VERSION = 2
+#: the formats this release reads (format 1: the stored release says how to read the tensors)
+READ_FORMATS = (1, 2)
 _SHOWN = 4  # how many offending tensor names a message lists
 
 
@@ -176,8 +180,8 @@ def save_checkpoint(
     _save_tensors(tmp / OPTIMIZER_FILE, opt_tensors)
     _save_tensors(tmp / RNG_FILE, _rng_tensors(_model_device(model)))
     # the release tells a later reader how to interpret the tensors (legacy_state_dict)
-    state = {"format": FORMAT_VERSION, "step": int(step), "optimizer": opt_meta, "vqkit": __version__,
-             **(extra or {})}
+    state = {"format": FORMAT_VERSION, "step": int(step), "optimizer": opt_meta, **(extra or {}),
+             "vqkit": __version__}
     _fsync_write(tmp / STATE_FILE, json.dumps(state, indent=1).encode())
     _fsync_dir(tmp)
     if final.exists():  # re-saving a step (e.g. after a resume): swap the old one out first
@@ -254,9 +258,16 @@ class Checkpoint:
     def apply(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
               restore_rng: bool = True) -> None:
         """Load the checked states into ``model`` (and ``optimizer``, and the RNGs)."""
-        model.load_state_dict(legacy_state_dict(model, self.model_tensors, self.state.get("vqkit")), strict=True)
+        release = self.state.get("vqkit")
+        model.load_state_dict(legacy_state_dict(model, self.model_tensors, release), strict=True)
         if optimizer is not None and self.optimizer_state is not None:
             optimizer.load_state_dict(self.optimizer_state)
+            # a converted scale (and the weights that took its sign) has other gradients than the stored
+            # moments were accumulated for: those parameters' optimizer state starts over
+            for name in converted_affine_codebooks(model, release):
+                module = model.get_submodule(name)
+                for param in (module.weight, module.scale):
+                    optimizer.state.pop(param, None)
         if restore_rng and self.rng:
             torch.set_rng_state(self.rng["torch_cpu"])
             device = _model_device(model)
@@ -326,8 +337,9 @@ def _read_state(path: Path, directory_step: int | None) -> dict[str, Any]:
     missing = [k for k in ("format", "step", "optimizer") if k not in state]
     if missing:
         raise CheckpointError(f"{path}: missing key(s) {', '.join(missing)}")
-    if state["format"] != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {state['format']!r}, this vqkit reads {FORMAT_VERSION}")
+    if state["format"] not in READ_FORMATS or isinstance(state["format"], bool):
+        raise CheckpointError(f"{path}: checkpoint format {state['format']!r}, this vqkit reads "
+                              f"{' and '.join(map(str, READ_FORMATS))} (written by a newer vqkit?)")
     step = state["step"]
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise CheckpointError(f"{path}: step {step!r} is not a positive int")
@@ -432,8 +444,12 @@ def load_model_weights(checkpoint: str | Path, model: nn.Module) -> None:
     path = Path(checkpoint) / MODEL_FILE
     tensors = _load_tensors(path)
     _check_model_tensors(path, tensors, model)
-    state = peek_state(Path(checkpoint)) or {}
-    model.load_state_dict(legacy_state_dict(model, tensors, state.get("vqkit")), strict=True)
+    state = peek_state(Path(checkpoint))
+    if state is None and converted_affine_codebooks(model, None):
+        raise CheckpointError(f"{Path(checkpoint) / STATE_FILE}: missing or unreadable; it records the vqkit release "
+                              "that wrote the checkpoint, which says how to read the affine codebook's scale "
+                              "(linear before 0.6.0)")
+    model.load_state_dict(legacy_state_dict(model, tensors, (state or {}).get("vqkit")), strict=True)
 
 
 def load_checkpoint(

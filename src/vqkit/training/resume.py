@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..codebooks import converted_affine_codebooks, release_tuple
 from ..quantizers.vector import DEFAULT_CHANGES, DefaultChange, VectorQuantizer
 from .checkpoint import Checkpoint, CheckpointError, find_checkpoint, peek_state
 from .console import note
@@ -90,10 +91,7 @@ LAST_UNRECORDED = "0.2.0"
 def _release(version: Any) -> tuple[int, ...] | None:
     """``"0.2.0"`` -> ``(0, 2, 0)`` (a local tag such as ``"0.4.0+probe"`` is dropped); None for a missing or
     unreadable release."""
-    try:
-        return tuple(int(part) for part in str(version).split("+", 1)[0].split(".")[:3]) if version is not None else None
-    except ValueError:
-        return None
+    return None if version is None else release_tuple(str(version))
 
 
 def stale_defaults(model: nn.Module, written_by: str | None) -> list[tuple[str, DefaultChange]]:
@@ -224,6 +222,13 @@ def plan_resume(run: RunDir, recipe: Recipe, model: nn.Module, optimizer: torch.
                               f"session uses {torch.get_num_threads()}: float sums may round differently, so the "
                               f"result can differ in the last bits from an uninterrupted run (pass --threads "
                               f"{threads} to match it)")
+        converted = converted_affine_codebooks(model, ckpt.state.get("vqkit"))
+        if converted:
+            plan.notes.append(f"warning: {ckpt.path.name} was written by vqkit {ckpt.state.get('vqkit') or LAST_UNRECORDED + ' or older'} "
+                              f"with the affine codebook's linear scale 1 + a s ({', '.join(converted)}); it loads "
+                              f"as vqkit {__version__}'s positive scale with the same codes and trains on with it (the "
+                              f"optimizer state of those codebooks' weights and scale starts over), so the result "
+                              f"is not the run that release would have finished")
         plan.notes.append(f"resuming from {ckpt.path.name} (step {ckpt.step} of {recipe.steps})")
     try:
         records, plan.torn_metrics = scan_metrics(run.metrics)
