@@ -20,9 +20,9 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from vqkit.codebooks import POSITIVE_SCALE_RELEASE, AffineCodebook, positive_scale, release_tuple
+from vqkit.codebooks import AffineCodebook, positive_scale
 from vqkit.training.build import load_trained_run
-from vqkit.training.checkpoint import MODEL_FILE, latest_checkpoint, peek_state
+from vqkit.training.checkpoint import MODEL_FILE, POSITIVE_SCALE_RELEASE, latest_checkpoint, peek_state, release_tuple
 
 
 def stored_scale(run: str, name: str, codes: AffineCodebook) -> tuple[torch.Tensor, torch.Tensor]:

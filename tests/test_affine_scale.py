@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 import vqkit
 from vqkit import VectorQuantizer
-from vqkit.codebooks import Affine, AffineCodebook, legacy_state_dict, positive_scale
+from vqkit.codebooks import Affine, AffineCodebook, positive_scale
+from vqkit.training.checkpoint import legacy_state_dict
 
 
 def test_adam_cannot_drive_the_scale_through_zero():

@@ -38,8 +38,6 @@ when the module is cast to fp16/bf16 (an EMA with decay 0.99 cannot move a bf16 
 from __future__ import annotations
 
 import dataclasses
-import re
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -420,7 +418,7 @@ class AffineCodebook(Codebook):
                               unexpected_keys, error_msgs) -> None:
         # version 1 = the linear scale. A state dict without module versions (a safetensors file, a plain dict)
         # is taken as current: vqkit's checkpoint reader marks old ones from their recorded release
-        # (legacy_state_dict)
+        # (vqkit.training.checkpoint.legacy_state_dict)
         scale_key, weight_key = prefix + "scale", prefix + "weight"
         if local_metadata.get("version") == 1 and scale_key in state_dict:
             try:
@@ -486,42 +484,6 @@ def positive_scale(x: Tensor, floor: float) -> Tensor:
     ``min(x, 0)``, so the branch ``torch.where`` discards never overflows into a NaN gradient."""
     unit = torch.where(x > 0, x + 1.0, torch.exp(x.clamp(max=0.0)))
     return floor + (1.0 - floor) * unit
-
-
-#: the first vqkit release whose affine codebook has the positive scale (:func:`positive_scale`)
-POSITIVE_SCALE_RELEASE = (0, 6, 0)
-
-
-def release_tuple(release: object) -> tuple[int, ...] | None:
-    """``"0.5.0"`` -> ``(0, 5, 0)`` (a suffix such as ``"+probe"`` or ``"rc1"`` is dropped); None when
-    ``release`` is not a string that starts with a version."""
-    parts = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?", release) if isinstance(release, str) else None
-    return None if parts is None else tuple(int(p or 0) for p in parts.groups())
-
-
-def converted_affine_codebooks(model: nn.Module, release: object) -> list[str]:
-    """Names of ``model``'s :class:`AffineCodebook` modules (every path of a shared one) whose stored scale is
-    the linear ``1 + a s``: a state dict written by vqkit ``release`` before :data:`POSITIVE_SCALE_RELEASE`, or
-    by a release that did not record itself (None)."""
-    version = release_tuple(release)
-    if version is not None and version >= POSITIVE_SCALE_RELEASE:
-        return []
-    return [name for name, module in model.named_modules(remove_duplicate=False) if isinstance(module, AffineCodebook)]
-
-
-def legacy_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], release: object) -> dict[str, Tensor]:
-    """``state_dict`` marked with the module versions of the vqkit ``release`` that wrote it.
-
-    For formats that store no module versions (safetensors checkpoints): every affine codebook named by
-    :func:`converted_affine_codebooks` is marked version 1, so loading converts its linear scale to the same
-    codes; otherwise ``state_dict`` is returned as is.
-    """
-    names = converted_affine_codebooks(model, release)
-    if not names:
-        return dict(state_dict)
-    marked = OrderedDict(state_dict)
-    marked._metadata = {name: {"version": 1} for name in names}  # type: ignore[attr-defined]
-    return marked
 
 
 class RunningAffineCodebook(Codebook):

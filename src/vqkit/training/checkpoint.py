@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .. import __version__
-from ..codebooks import converted_affine_codebooks, legacy_state_dict
+from ..codebooks import AffineCodebook
 from .rundir import (
     CORRUPT_PREFIX,
     MODEL_FILE,
@@ -72,6 +75,42 @@ FORMAT_VERSION = 2
 #: the formats this release reads (format 1: the stored release says how to read the tensors)
 READ_FORMATS = (1, 2)
 _SHOWN = 4  # how many offending tensor names a message lists
+
+
+#: the first vqkit release whose affine codebook has the positive scale (:func:`~vqkit.codebooks.positive_scale`)
+POSITIVE_SCALE_RELEASE = (0, 6, 0)
+
+
+def release_tuple(release: object) -> tuple[int, ...] | None:
+    """``"0.5.0"`` -> ``(0, 5, 0)`` (a suffix such as ``"+probe"`` or ``"rc1"`` is dropped); None when
+    ``release`` is not a string that starts with a version."""
+    parts = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?", release) if isinstance(release, str) else None
+    return None if parts is None else tuple(int(p or 0) for p in parts.groups())
+
+
+def converted_affine_codebooks(model: nn.Module, release: object) -> list[str]:
+    """Names of ``model``'s :class:`~vqkit.codebooks.AffineCodebook` modules (every path of a shared one) whose stored scale is
+    the linear ``1 + a s``: a state dict written by vqkit ``release`` before :data:`POSITIVE_SCALE_RELEASE`, or
+    by a release that did not record itself (None)."""
+    version = release_tuple(release)
+    if version is not None and version >= POSITIVE_SCALE_RELEASE:
+        return []
+    return [name for name, module in model.named_modules(remove_duplicate=False) if isinstance(module, AffineCodebook)]
+
+
+def legacy_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], release: object) -> dict[str, Tensor]:
+    """``state_dict`` marked with the module versions of the vqkit ``release`` that wrote it.
+
+    For formats that store no module versions (safetensors checkpoints): every affine codebook named by
+    :func:`converted_affine_codebooks` is marked version 1, so loading converts its linear scale to the same
+    codes; otherwise ``state_dict`` is returned as is.
+    """
+    names = converted_affine_codebooks(model, release)
+    if not names:
+        return dict(state_dict)
+    marked = OrderedDict(state_dict)
+    marked._metadata = {name: {"version": 1} for name in names}  # type: ignore[attr-defined]
+    return marked
 
 
 class CheckpointError(ValueError):

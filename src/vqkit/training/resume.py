@@ -26,9 +26,8 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..codebooks import converted_affine_codebooks, release_tuple
 from ..quantizers.vector import DEFAULT_CHANGES, DefaultChange, VectorQuantizer
-from .checkpoint import Checkpoint, CheckpointError, find_checkpoint, peek_state
+from .checkpoint import Checkpoint, CheckpointError, converted_affine_codebooks, find_checkpoint, peek_state, release_tuple
 from .console import note
 from .logging import MetricsFileError, scan_metrics
 from .recipe import Recipe, RecipeError, read_recipe_file, recipe_differences
@@ -88,23 +87,17 @@ def resume_recipe(out: str | Path, notes: list[str] | None = None) -> Recipe:
 LAST_UNRECORDED = "0.2.0"
 
 
-def _release(version: Any) -> tuple[int, ...] | None:
-    """``"0.2.0"`` -> ``(0, 2, 0)`` (a local tag such as ``"0.4.0+probe"`` is dropped); None for a missing or
-    unreadable release."""
-    return None if version is None else release_tuple(str(version))
-
-
 def stale_defaults(model: nn.Module, written_by: str | None) -> list[tuple[str, DefaultChange]]:
     """``(module name, change)`` (the name ``""`` for ``model`` itself) for every :class:`~vqkit.quantizers.VectorQuantizer` in ``model`` that takes
     from the library default an argument whose default changed after release ``written_by`` (None or
     unreadable: a checkpoint that does not record its release, so every change counts)."""
-    release = _release(written_by)
+    release = release_tuple(written_by)
     out = []
     for name, module in model.named_modules():
         if not isinstance(module, VectorQuantizer):
             continue
         for change in DEFAULT_CHANGES:
-            newer = release is None or release < _release(change.since)
+            newer = release is None or release < release_tuple(change.since)
             if newer and change.argument in module.defaulted:
                 out.append((name, change))
     return out
@@ -129,7 +122,7 @@ def _check_defaults(run: RunDir, ckpt: Checkpoint, model: nn.Module) -> None:
     stale = stale_defaults(model, written_by)
     if not stale:
         return
-    known = _release(written_by) is not None
+    known = release_tuple(written_by) is not None
     who = f"vqkit {written_by}" if known else \
         f"a vqkit release that did not record itself in checkpoints ({LAST_UNRECORDED} or older)"
     lines = []
@@ -145,7 +138,7 @@ def _check_defaults(run: RunDir, ckpt: Checkpoint, model: nn.Module) -> None:
         advice = f"pin it: {pin} continues as the run started before {change.since}"
         if change.pin_buffer is not None:
             advice += " (or give another value explicitly)"
-        elif not known and _release(change.since) <= _release(LAST_UNRECORDED):
+        elif not known and release_tuple(change.since) <= release_tuple(LAST_UNRECORDED):
             advice += f", --set quantizer.{change.argument}={change.new} if it started with {change.since} or later"
         lines.append(f"{change.argument}: {change.old} before vqkit {change.since}, {change.new} since, and this "
                      f"run takes it from the library ({', '.join(n or 'model' for n in names)}); {advice}")
