@@ -46,6 +46,22 @@ def test_code_mass_statistics_equal_a_hand_count(load_script) -> None:
     assert s["top10_share"] == pytest.approx(0.5) and s["largest_x_mean"] == [5.0, 1.2]
 
 
+def test_code_mass_expected_usage_matches_sampling(load_script) -> None:
+    """The usage predicted from code masses equals the closed form and a Monte Carlo draw of n vectors."""
+    module = load_script("code_mass")
+    import torch
+
+    counts = torch.tensor([50.0, 30.0, 15.0, 4.0, 1.0, 0.0], dtype=torch.float64)
+    p = counts / counts.sum()
+    n = 20
+    assert module.expected_usage(counts, n) == pytest.approx(float((1 - (1 - p) ** n).mean()), rel=1e-9)
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.multinomial(p.expand(4000, -1), n, replacement=True, generator=gen)  # (4000 trials, n)
+    hit = torch.zeros(4000, 6, dtype=torch.float64).scatter_(1, draws, 1.0)
+    assert float(hit.mean()) == pytest.approx(module.expected_usage(counts, n), abs=0.01)
+    assert module.expected_usage(torch.ones(8), 1e6) == pytest.approx(1.0)
+
+
 def test_early_steps_replays_the_trainer_exactly(load_script, tmp_path: Path, tiny_recipe) -> None:
     """scripts/early_steps.py reports the same training-batch usage, step for step, as the trainer logs for the
     same recipe, and the window of the "auto" ramp."""
@@ -115,6 +131,56 @@ def test_lloyd_probe_reads_the_model_codebook_as_the_model_quantizes(load_script
     err = float(torch.cdist(z_train, codes).square().min(1).values.mean())
     refined = lloyd_steps(z_train, codes, 3)
     assert float(torch.cdist(z_train, refined).square().min(1).values.mean()) <= err * (1 + 1e-5)
+
+
+def test_code_mass_on_the_training_split_predicts_the_test_usage(load_script, tmp_path: Path, tiny_recipe) -> None:
+    """``--split train`` adds the measured test usage beside the one the training masses predict."""
+    from vqkit.training import train
+
+    mass = load_script("code_mass")
+    train(tiny_recipe(10, "quantizer.codebook_size=64"), tmp_path / "run")
+    assert mass.main([str(tmp_path / "run"), "--split", "train", "--out", str(tmp_path / "m.md")]) == 0
+    row = [line for line in (tmp_path / "m.md").read_text().splitlines() if line.startswith(f"| {tmp_path}")][0]
+    measured, predicted = (float(v.strip(" %")) for v in row.split(" | ")[-1].strip(" |").split(" / "))
+    test, train_counts = mass.test_counts(tmp_path / "run"), mass.test_counts(tmp_path / "run", split="train")
+    assert measured == round(100 * float((test > 0).double().mean()), 1)
+    assert predicted == round(100 * mass.expected_usage(train_counts, float(test.sum())), 1)
+
+
+def test_code_mass_constant_patches_by_hand(load_script, tmp_path: Path, tiny_recipe) -> None:
+    """The constant-patch mask marks exactly the flat tiles, and the shares the script reports for the largest
+    codes equal a count by hand over the same test split."""
+    import torch
+
+    from vqkit.training import load_trained_run, train
+
+    mass = load_script("code_mass")
+    x = torch.zeros(1, 2, 4, 6)
+    x[0, 1, 0, 0] = 1.0  # tile (0, 0) varies in channel 1
+    x[0, :, 2:, 3:] = 5.0  # tile (1, 1) is flat at 5
+    x[0, 0, 3, 2] = 2.0  # tile (1, 0) varies in channel 0
+    assert mass.constant_patch_mask(x, (2, 2)).tolist() == [[[False, True], [False, True]]]
+    with pytest.raises(SystemExit, match="does not tile"):
+        mass.constant_patch_mask(x, (3, 2))
+
+    train(tiny_recipe(10, "quantizer.codebook_size=16"), tmp_path / "run")
+    counts = mass.test_counts(tmp_path / "run")
+    shares = mass.constant_patch_shares(tmp_path / "run", counts, top=2)
+    _, model, _, test = load_trained_run(tmp_path / "run")
+    xs, _ = test.get_batch(torch.arange(len(test)), "cpu")
+    found = []
+    hook = model.quantizer.register_forward_hook(lambda m, a, out: found.append(out.indices))
+    with torch.no_grad():
+        model(xs)
+    hook.remove()
+    idx = found[0]
+    cell = (xs.shape[2] // idx.shape[1], xs.shape[3] // idx.shape[2])
+    for code, share in zip(counts.argsort(descending=True)[:2].tolist(), shares):
+        flat = [bool(xs[b, :, i * cell[0]:(i + 1) * cell[0], j * cell[1]:(j + 1) * cell[1]].unique().numel() == 1)
+                for b, i, j in (idx == code).nonzero().tolist()]
+        assert share == pytest.approx(sum(flat) / len(flat))
+    assert mass.main([str(tmp_path / "run"), "--constant-patches", "--out", str(tmp_path / "c.md")]) == 0
+    assert "constant patch" in (tmp_path / "c.md").read_text()
 
 
 def test_lloyd_probe_refuses_projected_codes(load_script) -> None:
