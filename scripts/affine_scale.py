@@ -22,19 +22,18 @@ from safetensors.torch import load_file
 
 from vqkit.codebooks import AffineCodebook, positive_scale
 from vqkit.training.build import load_trained_run
-from vqkit.training.checkpoint import MODEL_FILE, POSITIVE_SCALE_RELEASE, latest_checkpoint, peek_state, release_tuple
+from vqkit.training.checkpoint import MODEL_FILE, latest_checkpoint, peek_state, stores_linear_scale
 
 
 def stored_scale(run: str, name: str, codes: AffineCodebook) -> tuple[torch.Tensor, torch.Tensor]:
     """``(alpha, w)`` as the run's newest checkpoint stores them (linear scale before 0.6.0, positive after)."""
     checkpoint = latest_checkpoint(run)
-    release = release_tuple((peek_state(checkpoint) or {}).get("vqkit"))
     tensors = load_file(str(checkpoint / MODEL_FILE))
     prefix = f"{name}." if name else ""
     s, w = tensors[prefix + "scale"].double(), tensors[prefix + "weight"].double()
-    if release is not None and release >= POSITIVE_SCALE_RELEASE:
-        return positive_scale(codes.affine_lr * s, codes.scale_floor), w
-    return 1.0 + codes.affine_lr * s, w
+    if stores_linear_scale((peek_state(checkpoint) or {}).get("vqkit")):
+        return 1.0 + codes.affine_lr * s, w
+    return positive_scale(codes.affine_lr * s, codes.scale_floor), w
 
 
 def main(argv: list[str] | None = None) -> int:

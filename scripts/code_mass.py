@@ -44,24 +44,35 @@ def mass_stats(counts: torch.Tensor, top: int = 5) -> dict[str, float | list[flo
     }
 
 
+def assignments(run: Path, split: str = "test", constant_patches: bool = False,
+                batch: int = 1000) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """One pass of the final model of ``run`` over its full test (or training) split: the code index of every
+    latent vector ``(N,)``, with ``constant_patches`` whether each one's input patch is constant ``(N,)`` bool
+    (:func:`constant_patch_mask`; image models only), and the codebook size K."""
+    _, model, train, test = load_trained_run(run)
+    data = train if split == "train" else test
+    found: list[torch.Tensor] = []
+    hook = model.quantizer.register_forward_hook(lambda module, args, out: found.append(out.indices))
+    indices, constant = [], []
+    with torch.no_grad():
+        for start in range(0, len(data), batch):
+            x, _ = data.get_batch(torch.arange(start, min(start + batch, len(data))), "cpu")
+            found.clear()
+            model(x)
+            idx = found[0]
+            indices.append(idx.reshape(-1))
+            if constant_patches:
+                if x.dim() != 4 or idx.dim() != 3:
+                    raise SystemExit("code_mass: --constant-patches needs images (B, C, H, W) and indices (B, h, w)")
+                constant.append(constant_patch_mask(x, (idx.shape[1], idx.shape[2])).reshape(-1))
+    hook.remove()
+    return torch.cat(indices), torch.cat(constant) if constant_patches else None, model.quantizer.codebook_size
+
+
 def test_counts(run: Path, batch: int = 1000, split: str = "test") -> torch.Tensor:
     """Code histogram ``(K,)`` of the final model of ``run`` on its full test (or training) split."""
-    _, model, train, test = load_trained_run(run)
-    if split == "train":
-        test = train
-    q = model.quantizer
-    counts = torch.zeros(q.codebook_size, dtype=torch.float64)
-
-    def count(module, args, out) -> None:  # returns None: the output passes on unchanged
-        counts.add_(torch.bincount(out.indices.reshape(-1), minlength=q.codebook_size))
-
-    hook = q.register_forward_hook(count)
-    with torch.no_grad():
-        for start in range(0, len(test), batch):
-            x, _ = test.get_batch(torch.arange(start, min(start + batch, len(test))), "cpu")
-            model(x)
-    hook.remove()
-    return counts
+    indices, _, k = assignments(run, split, batch=batch)
+    return torch.bincount(indices, minlength=k).double()
 
 
 def constant_patch_mask(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -76,28 +87,15 @@ def constant_patch_mask(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return spread <= 1e-6
 
 
-def constant_patch_shares(run: Path, counts: torch.Tensor, top: int = 3, batch: int = 1000) -> list[float]:
-    """For the ``top`` codes with the largest ``counts (K,)``: the share of their test vectors whose input patch
-    is constant (:func:`constant_patch_mask`)."""
-    _, model, _, test = load_trained_run(run)
-    largest = counts.argsort(descending=True)[:top]
-    on_constant, total = torch.zeros(top, dtype=torch.float64), torch.zeros(top, dtype=torch.float64)
-    found: list[torch.Tensor] = []
-    hook = model.quantizer.register_forward_hook(lambda module, args, out: found.append(out.indices))
-    with torch.no_grad():
-        for start in range(0, len(test), batch):
-            x, _ = test.get_batch(torch.arange(start, min(start + batch, len(test))), "cpu")
-            found.clear()
-            model(x)
-            idx = found[0]
-            if x.dim() != 4 or idx.dim() != 3:
-                raise SystemExit("code_mass: --constant-patches needs images (B, C, H, W) and indices (B, h, w)")
-            constant = constant_patch_mask(x, (idx.shape[1], idx.shape[2]))
-            hit = idx.unsqueeze(-1) == largest  # (B, h, w, top)
-            total += hit.sum(dim=(0, 1, 2)).double()
-            on_constant += (hit & constant.unsqueeze(-1)).sum(dim=(0, 1, 2)).double()
-    hook.remove()
-    return (on_constant / total.clamp_min(1)).tolist()
+def constant_patch_shares(indices: torch.Tensor, constant: torch.Tensor, counts: torch.Tensor,
+                          top: int = 3) -> list[float]:
+    """For the ``top`` codes with the largest ``counts (K,)``: the share of their vectors among ``indices (N,)``
+    whose input patch is constant (``constant (N,)`` bool)."""
+    shares = []
+    for code in counts.argsort(descending=True)[:top].tolist():
+        mine = indices == code
+        shares.append(float(constant[mine].double().mean()) if bool(mine.any()) else 0.0)
+    return shares
 
 
 def expected_usage(counts: torch.Tensor, n: float) -> float:
@@ -124,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
              + (" 3 largest codes: test vectors on a constant patch (%) |" if args.constant_patches else ""),
              "|---|---|---|---|---|---|---|---|" + ("---|" if on_train else "") + ("---|" if args.constant_patches else "")]
     for run in args.runs:
-        counts = test_counts(Path(run), split=args.split)
+        # the test split's pass serves the test counts, the measured test usage and the constant patches alike
+        test_idx, constant, k = assignments(Path(run), "test", args.constant_patches)
+        test = torch.bincount(test_idx, minlength=k).double()
+        counts = test_counts(Path(run), split="train") if on_train else test
         s = mass_stats(counts)
         ideal = 1 - (1 - 1 / counts.numel()) ** float(counts.sum())
         print(f"{run}: {s}", file=sys.stderr)
@@ -133,11 +134,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"{100 * s['below_quarter_mean']:.1f} | {100 * s['top10_share']:.1f} | "
                      f"{', '.join(f'{v:g}' for v in s['largest_x_mean'])} |")
         if on_train:
-            test = test_counts(Path(run))
             lines[-1] += (f" {100 * float((test > 0).double().mean()):.1f} / "
                           f"{100 * expected_usage(counts, float(test.sum())):.1f} |")
-        if args.constant_patches:
-            shares = constant_patch_shares(Path(run), counts)
+        if constant is not None:
+            shares = constant_patch_shares(test_idx, constant, counts)
             lines[-1] += " " + ", ".join(f"{100 * v:.1f}" for v in shares) + " |"
     text = "\n".join(lines) + "\n"
     if args.out:

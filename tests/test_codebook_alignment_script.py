@@ -165,7 +165,8 @@ def test_code_mass_constant_patches_by_hand(load_script, tmp_path: Path, tiny_re
 
     train(tiny_recipe(10, "quantizer.codebook_size=16"), tmp_path / "run")
     counts = mass.test_counts(tmp_path / "run")
-    shares = mass.constant_patch_shares(tmp_path / "run", counts, top=2)
+    test_idx, constant, _ = mass.assignments(tmp_path / "run", constant_patches=True)
+    shares = mass.constant_patch_shares(test_idx, constant, counts, top=2)
     _, model, _, test = load_trained_run(tmp_path / "run")
     xs, _ = test.get_batch(torch.arange(len(test)), "cpu")
     found = []

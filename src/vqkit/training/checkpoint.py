@@ -88,12 +88,17 @@ def release_tuple(release: object) -> tuple[int, ...] | None:
     return None if parts is None else tuple(int(p or 0) for p in parts.groups())
 
 
+def stores_linear_scale(release: object) -> bool:
+    """Whether tensors written by vqkit ``release`` hold the affine codebook's linear scale ``1 + a s``: a release
+    before :data:`POSITIVE_SCALE_RELEASE`, or one that did not record itself (None)."""
+    version = release_tuple(release)
+    return version is None or version < POSITIVE_SCALE_RELEASE
+
+
 def converted_affine_codebooks(model: nn.Module, release: object) -> list[str]:
     """Names of ``model``'s :class:`~vqkit.codebooks.AffineCodebook` modules (every path of a shared one) whose stored scale is
-    the linear ``1 + a s``: a state dict written by vqkit ``release`` before :data:`POSITIVE_SCALE_RELEASE`, or
-    by a release that did not record itself (None)."""
-    version = release_tuple(release)
-    if version is not None and version >= POSITIVE_SCALE_RELEASE:
+    the linear ``1 + a s`` (:func:`stores_linear_scale`)."""
+    if not stores_linear_scale(release):
         return []
     return [name for name, module in model.named_modules(remove_duplicate=False) if isinstance(module, AffineCodebook)]
 
