@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 # public name -> the submodule that defines it (a submodule itself when the name is the module's)
 _EXPORTS = {

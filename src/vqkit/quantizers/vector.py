@@ -127,6 +127,9 @@ DEAD_CODE_WINDOW = 20
 #: decay of the running assignment counts behind ``dead_code_threshold``.
 USAGE_EMA_DECAY = 0.8
 
+#: ``dead_code_mass``: the running code masses average over ``max(dead_code_window, MASS_HORIZON)`` calls.
+MASS_HORIZON = 10
+
 #: ``dead_code_steps="auto"``: a code is dead after ``round(DEAD_CODE_COVERAGE * K / n)`` calls unused (at least
 #: 1), ``n`` the vectors of the last training call (all ranks): the calls in which a code of mean mass 1 / K would
 #: have been chosen this many times. It is 1 while a batch holds more than ``2 / 3`` of this many vectors per code.
@@ -298,6 +301,15 @@ class VectorQuantizer(Quantizer):
         dead_code_threshold: also re-seed codes whose running assignment count (an EMA over calls with
             decay 0.8, of the all-reduced per-call counts) drops below this many vectors (0 = off): rarely
             used codes are recycled too, which flattens usage (higher perplexity) at large K.
+        dead_code_mass: also re-seed codes whose running mass falls below this fraction of the mean mass
+            ``1 / K`` (0 = off; in ``[0, 1)``). A code's running mass is an EMA over training calls of its share
+            of the call's vectors (all ranks) times K, with horizon ``H = max(dead_code_window, 10)`` calls
+            (weight ``1 / H`` on the newest call), so it is relative to the batch and follows the window as
+            it ramps in and grows with K (the buffer ``code_mass``; 1 = the mean). A re-seeded code restarts at
+            the mean: a code that is never chosen again falls below ``f`` after ``H ln(1 / f)`` calls. Unlike
+            ``dead_code_threshold`` (an absolute count over about 5 calls) it means the same at every K and batch
+            size; it recycles the codes of the low tail of the mass distribution into where the batch's vectors
+            are, which evens out the masses.
         settle_calls: on training calls 2 to ``1 + settle_calls`` (0 = off, the default), *settle* the codebook
             before the assignment: every code that none of the call's vectors (all ranks) would choose is
             re-seeded from them, up to 3 rounds (a code that loses all its vectors to a re-seeded one is re-seeded
@@ -315,7 +327,8 @@ class VectorQuantizer(Quantizer):
             rule: they go where the codebook fits worst). The last two cost one extra search of the batch per
             training call (eager CPU calls that replace no code skip it). Under torch.distributed the counts of
             ``"crowded"`` are all-reduced; each rank still draws its share of the candidates from its own rows.
-            Only with replacement on (``dead_code_steps != 0`` or ``dead_code_threshold > 0``).
+            Only with replacement on (``dead_code_steps != 0``, ``dead_code_threshold > 0`` or
+            ``dead_code_mass > 0``).
         estimator: ``"ste"`` (straight-through) or ``"rotation"`` (rotation trick).
         sampling_temperature: > 0 draws each training assignment from ``softmax(-distance / T)`` (Gumbel-max,
             straight-through output) instead of taking the nearest code; eval always takes the nearest.
@@ -368,6 +381,7 @@ class VectorQuantizer(Quantizer):
         kmeans_iters: int | None = None,
         dead_code_steps: int | str = "auto",
         dead_code_threshold: float = 0.0,
+        dead_code_mass: float = 0.0,
         settle_calls: int = 0,
         replacement_sampling: str = "uniform",
         estimator: str = "ste",
@@ -429,11 +443,13 @@ class VectorQuantizer(Quantizer):
                 raise ValueError(f"dead_code_steps: expected an int >= 0 or 'auto', got {dead_code_steps!r}")
             check_int("dead_code_steps", dead_code_steps, 0)
         self.dead_code_threshold = check_float("dead_code_threshold", dead_code_threshold, low=0.0)
+        self.dead_code_mass = check_float("dead_code_mass", dead_code_mass, low=0.0, high=1.0, high_open=True)
         check_choice("replacement_sampling", replacement_sampling, REPLACEMENT_SAMPLING)
-        if replacement_sampling != "uniform" and dead_code_steps == 0 and self.dead_code_threshold == 0:
-            raise ValueError(f"replacement_sampling: only used with dead-code replacement (dead_code_steps != 0 or "
-                             f"dead_code_threshold > 0); got replacement_sampling={replacement_sampling!r} with "
-                             "replacement off")
+        if (replacement_sampling != "uniform" and dead_code_steps == 0 and self.dead_code_threshold == 0
+                and self.dead_code_mass == 0):
+            raise ValueError(f"replacement_sampling: only used with dead-code replacement (dead_code_steps != 0, "
+                             f"dead_code_threshold > 0 or dead_code_mass > 0); got "
+                             f"replacement_sampling={replacement_sampling!r} with replacement off")
         self.replacement_sampling = replacement_sampling
         check_int("memory_budget", memory_budget, 1)
 
@@ -473,6 +489,8 @@ class VectorQuantizer(Quantizer):
         self.register_buffer("training_calls", torch.tensor(0, dtype=torch.int64))
         if self.dead_code_threshold > 0:  # inf = not yet observed (the first call's counts are copied)
             self.register_buffer("usage_ema", torch.full((codebook_size,), float("inf")))
+        if self.dead_code_mass > 0:  # running mass relative to the mean 1 / K: every code starts at the mean
+            self.register_buffer("code_mass", torch.ones(codebook_size))
         self._needs_init = self.kmeans_init
         # a fast path: False once the settling calls are over (the buffer decides before then)
         self._settling = self.settle_calls > 0
@@ -497,13 +515,15 @@ class VectorQuantizer(Quantizer):
                 f"alternating_steps={self.alternating_steps}, kmeans_init={self.kmeans_init}, "
                 f"dead_code_steps={self.dead_code_steps}, "
                 + (f"dead_code_threshold={self.dead_code_threshold}, " if self.dead_code_threshold else "")
+                + (f"dead_code_mass={self.dead_code_mass}, " if self.dead_code_mass else "")
                 + (f"settle_calls={self.settle_calls}, " if self.settle_calls else "")
                 + (f"replacement_sampling={self.replacement_sampling!r}, "
                    if self.replacement_sampling != "uniform" else "")
                 + f"estimator={self.estimator!r}")
 
     def _apply(self, fn, recurse: bool = True):
-        before = {"usage_ema": self._buffers.get("usage_ema")}  # a running count: keeps its fp32 values
+        # running counts / masses keep their fp32 values
+        before = {name: self._buffers.get(name) for name in ("usage_ema", "code_mass")}
         super()._apply(fn, recurse)
         keep_fp32_statistics(self, before)
         return self
@@ -701,7 +721,7 @@ class VectorQuantizer(Quantizer):
             init = torch.compiler.disable(self._kmeans_init) if compiling else self._kmeans_init
             init(z, weight)
         self.codes.update_statistics_(z, weight)
-        if self._replaces_by_age or self.dead_code_threshold > 0:
+        if self._recycles:
             self._replace_dead_codes(z, weight, compiling)
         if self._settling and not compiling:  # eager only (see settle_calls)
             self._settle(z, weight)
@@ -710,11 +730,16 @@ class VectorQuantizer(Quantizer):
     def _replaces_by_age(self) -> bool:
         return self.dead_code_steps == "auto" or self.dead_code_steps > 0
 
+    @property
+    def _recycles(self) -> bool:
+        """Whether training calls re-seed codes (by age, running count or running mass)."""
+        return self._replaces_by_age or self.dead_code_threshold > 0 or self.dead_code_mass > 0
+
     def _maintenance_changes_state(self) -> bool:
         """Whether a training call can change what the next call computes (a recomputation of it then needs
         its record)."""
-        return (self._needs_init or self.alternating_steps > 0 or self._replaces_by_age
-                or self.dead_code_threshold > 0 or isinstance(self.codes, (EMACodebook, RunningAffineCodebook)))
+        return (self._needs_init or self.alternating_steps > 0 or self._recycles
+                or isinstance(self.codes, (EMACodebook, RunningAffineCodebook)))
 
     def _kmeans_init(self, z: Tensor, weight: Tensor | None) -> None:
         pool = gather_embeddings(z, weight, max_rows=max(4 * self.codebook_size, 16384))
@@ -734,6 +759,8 @@ class VectorQuantizer(Quantizer):
             dead = torch.zeros_like(self.code_age, dtype=torch.bool)
         if self.dead_code_threshold > 0:
             dead = dead | (self.usage_ema < self.dead_code_threshold)
+        if self.dead_code_mass > 0:
+            dead = dead | (self.code_mass < self.dead_code_mass)
         if not compiling and z.device.type == "cpu" and not bool(dead.any()):
             return  # free on CPU; identical on every rank (the ages and counts are all-reduced)
         self._reseed(dead, z, weight)
@@ -751,6 +778,8 @@ class VectorQuantizer(Quantizer):
         self.code_age.masked_fill_(take, 0)
         if self.dead_code_threshold > 0:
             self.usage_ema.copy_(torch.where(take, self.dead_code_threshold, self.usage_ema))
+        if self.dead_code_mass > 0:
+            self.code_mass.masked_fill_(take, 1.0)
 
     def _settle(self, z: Tensor, weight: Tensor | None) -> None:
         """Training calls 2 .. ``1 + settle_calls``: re-seed, before the assignment, the codes none of this call's
@@ -805,7 +834,20 @@ class VectorQuantizer(Quantizer):
             ema = self.usage_ema
             c = counts.to(ema.dtype)
             ema.copy_(torch.where(ema.isinf(), c, ema.lerp(c, 1.0 - USAGE_EMA_DECAY)))
+        if self.dead_code_mass > 0:
+            self._update_code_mass(counts)
         return counts
+
+    def _update_code_mass(self, counts: Tensor) -> None:
+        """``code_mass <- code_mass + (K c / n - code_mass) / H`` for the call's all-reduced counts ``c (K,)``
+        (``n`` their sum, ``H = max(dead_code_window, MASS_HORIZON)``); a call without vectors changes nothing."""
+        mass = self.code_mass
+        c = counts.to(mass.dtype)
+        n = c.sum()
+        share = c * (self.codebook_size / n.clamp_min(1.0))
+        horizon = self.dead_code_window.clamp_min(MASS_HORIZON).to(mass.dtype)
+        step = torch.where(n > 0, 1.0 / horizon, torch.zeros_like(horizon))
+        mass.add_((share - mass) * step)
 
     def _assign(self, z: Tensor, codes: Tensor, training: bool) -> Tensor:
         """Indices of ``z`` on ``codes`` (detached): a Gumbel draw in training with ``sampling_temperature``,

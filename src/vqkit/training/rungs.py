@@ -46,7 +46,10 @@ def _vq(**flags: Any) -> Callable[[QuantizerConfig, dict[str, Any]], QuantizerCo
             uses = {
                     "sync_nu": args.get("sync_nu", 0) > 0, "dead_code_steps": args.get("dead_code_steps", 0) != 0,
                     "dead_code_threshold": args.get("dead_code_steps", 0) != 0,
-                    "replacement_sampling": args.get("dead_code_steps", 0) != 0 or args.get("dead_code_threshold", 0) > 0,
+                    "dead_code_mass": args.get("dead_code_steps", 0) != 0,
+                    "replacement_sampling": (args.get("dead_code_steps", 0) != 0
+                                             or args.get("dead_code_threshold", 0) > 0
+                                             or args.get("dead_code_mass", 0) > 0),
                     "alternating_lr": args.get("alternating_steps", 0) > 0,
                     "alternating_reassign": args.get("alternating_steps", 0) > 0,
                     "alternating_steps": args.get("alternating_steps", 0) > 0}.get(k, True)
